@@ -1,0 +1,18 @@
+# The README's commands. Each bootstraps what it needs (idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+
+.PHONY: setup test demo train-demo bench clean-venv
+
+setup:
+	@bash scripts/bootstrap.sh test
+
+# Runs the whole test suite. Pytest's exit code 5 (no tests collected) is a failure.
+test: setup
+	@$(PY) -m pytest tests -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""model.common subpackage."""

@@ -1,0 +1,175 @@
+"""Diffusion transformer that denoises an action chunk conditioned on observation tokens.
+
+Per block (the paper's "RDT block")::
+
+    x = x + SelfAttn(RMSNorm(x))                   # over the 64 action tokens, QK RMSNorm
+    x = x + CrossAttn(RMSNorm(x), condition)       # condition = obs tokens + 1 time token
+    x = x + MLP(RMSNorm(x))                        # hidden = width, tanh-GELU
+
+Learned positional embeddings for the action tokens (``pos_emb``) and the condition tokens
+(``cond_pos_emb``); the diffusion timestep is embedded (sinusoidal + MLP) and appended as the
+last condition token. Output: final RMSNorm + Linear to the action dimension.
+
+Two equivalent evaluation paths:
+
+* :meth:`forward` -- the straightforward one: each call projects every condition token to keys
+  and values in every block.
+* :meth:`prepare_condition` + :meth:`forward_cached` -- the observation tokens do not change
+  across the denoising steps of one chunk, so their keys/values are computed once; only the time
+  token's row is recomputed per step. Same outputs, a fraction of the work for the ~2,740-token
+  condition of the paper preset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from controller.model.diffusion.layers import CrossAttention, Mlp, RMSNorm, SelfAttention, TimestepEmbedder
+
+
+class RDTBlock(nn.Module):
+    """One DiT block: self-attention, cross-attention, MLP, each pre-RMSNorm with a residual."""
+
+    def __init__(self, hidden_size: int, num_heads: int, p_drop_attn: float = 0.1,
+                 mlp_ratio: float = 1.0) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(hidden_size)
+        self.attn = SelfAttention(hidden_size, num_heads, attn_drop=p_drop_attn, proj_drop=p_drop_attn)
+        self.norm2 = RMSNorm(hidden_size)
+        self.cross_attn = CrossAttention(hidden_size, num_heads, attn_drop=p_drop_attn, proj_drop=p_drop_attn)
+        self.norm3 = RMSNorm(hidden_size)
+        self.ffn = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                attn_mask: Optional[torch.Tensor] = None, capture: bool = False):
+        """x: (B, T, D); k, v: (B, h, L, d) -> x (B, T, D), attention of token 0 (B, h, L) or None."""
+        x = x + self.attn(self.norm1(x))
+        y, w = self.cross_attn(self.norm2(x), k, v, attn_mask=attn_mask, capture=capture)
+        x = x + y
+        x = x + self.ffn(self.norm3(x))
+        return x, w
+
+
+@dataclass
+class ConditionCache:
+    """Per-block key/value buffers (B, h, N+1, d) whose first N rows hold the observation tokens."""
+
+    keys: List[torch.Tensor]
+    values: List[torch.Tensor]
+    n_obs_tokens: int
+
+
+class TransformerForActionDiffusion(nn.Module):
+    """The action denoiser.
+
+    Args:
+        input_dim / output_dim: action dimension (13).
+        action_horizon: number of action tokens (64).
+        n_layer / n_head / n_emb: depth, heads, width (paper: 12 / 8 / 1024).
+        max_cond_tokens: condition tokens including the time token (paper: 2739 + 1).
+        p_drop_attn: dropout on attention weights and attention outputs (0.1).
+        mlp_ratio: MLP hidden width over ``n_emb`` (paper: 1.0).
+    """
+
+    def __init__(self, input_dim: int, output_dim: int, action_horizon: int, n_layer: int = 12,
+                 n_head: int = 8, n_emb: int = 1024, max_cond_tokens: int = 2740,
+                 p_drop_attn: float = 0.1, mlp_ratio: float = 1.0) -> None:
+        super().__init__()
+        self.action_horizon = action_horizon
+        self.max_cond_tokens = max_cond_tokens
+        self.n_head = n_head
+        self.input_emb = nn.Linear(input_dim, n_emb)
+        self.pos_emb = nn.Parameter(torch.zeros(1, action_horizon, n_emb))
+        self.time_emb = TimestepEmbedder(n_emb)
+        self.cond_pos_emb = nn.Parameter(torch.zeros(1, max_cond_tokens, n_emb))
+        self.blocks = nn.ModuleList([RDTBlock(n_emb, n_head, p_drop_attn, mlp_ratio) for _ in range(n_layer)])
+        self.ln_f = RMSNorm(n_emb)
+        self.head = nn.Linear(n_emb, output_dim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.pos_emb, mean=0.0, std=0.02)
+        nn.init.normal_(self.cond_pos_emb, mean=0.0, std=0.02)
+
+    # ----------------------------------------------------------------- helpers
+    def _timesteps(self, timestep: Union[torch.Tensor, float, int], batch: int, device) -> torch.Tensor:
+        t = timestep if torch.is_tensor(timestep) else torch.tensor([timestep], device=device)
+        t = t.to(device).reshape(-1)
+        return t.expand(batch) if t.numel() == 1 else t  # (B,)
+
+    def _embed_actions(self, sample: torch.Tensor) -> torch.Tensor:
+        """sample: (B, T, A) -> (B, T, D)."""
+        return self.input_emb(sample) + self.pos_emb[:, : sample.shape[1]]
+
+    def _time_token(self, timestep, batch: int, n_obs: int, device) -> torch.Tensor:
+        """-> (B, 1, D): the time embedding plus its positional embedding (last condition slot)."""
+        t_emb = self.time_emb(self._timesteps(timestep, batch, device)).unsqueeze(1)  # (B, 1, D)
+        return t_emb + self.cond_pos_emb[:, n_obs: n_obs + 1]
+
+    def _check_cond(self, n_obs: int) -> None:
+        if n_obs + 1 > self.max_cond_tokens:
+            raise ValueError(f"condition has {n_obs} observation tokens (+1 time token) but the model "
+                             f"was built for max_cond_tokens={self.max_cond_tokens}")
+
+    def _run_blocks(self, x, keys, values, attn_mask, capture):
+        attn = [] if capture else None
+        for block, k, v in zip(self.blocks, keys, values):
+            x, w = block(x, k, v, attn_mask=attn_mask, capture=capture)
+            if capture:
+                attn.append(w)
+        return self.head(self.ln_f(x)), attn
+
+    # ----------------------------------------------------------------- paths
+    def forward(self, sample: torch.Tensor, timestep: Union[torch.Tensor, float, int], cond: torch.Tensor,
+                cond_mask: Optional[torch.Tensor] = None, capture_attention: bool = False):
+        """Straightforward path.
+
+        sample: (B, T, A) noisy actions; timestep: int or (B,); cond: (B, N, D) obs tokens;
+        cond_mask: optional bool (B, N+1), True = attend (condition dropout in training).
+        Returns (B, T, A) and, if ``capture_attention``, a list over blocks of (B, h, N+1).
+        """
+        B, n_obs = cond.shape[0], cond.shape[1]
+        self._check_cond(n_obs)
+        c = torch.cat([cond + self.cond_pos_emb[:, :n_obs],
+                       self._time_token(timestep, B, n_obs, cond.device).to(cond.dtype)], dim=1)  # (B, N+1, D)
+        kvs = [blk.cross_attn.project_kv(c) for blk in self.blocks]
+        mask = cond_mask[:, None, None, :] if cond_mask is not None else None  # (B, 1, 1, N+1)
+        return self._run_blocks(self._embed_actions(sample), [k for k, _ in kvs], [v for _, v in kvs],
+                                mask, capture_attention)
+
+    @torch.no_grad()
+    def prepare_condition(self, cond: torch.Tensor) -> ConditionCache:
+        """Project the observation tokens (B, N, D) to per-block K/V once per action chunk."""
+        B, n_obs = cond.shape[0], cond.shape[1]
+        self._check_cond(n_obs)
+        c = cond + self.cond_pos_emb[:, :n_obs]
+        keys, values = [], []
+        for blk in self.blocks:
+            k, v = blk.cross_attn.project_kv(c)                       # (B, h, N, d)
+            kb = k.new_empty(B, k.shape[1], n_obs + 1, k.shape[-1])   # room for the time token's row
+            vb = v.new_empty(B, v.shape[1], n_obs + 1, v.shape[-1])
+            kb[:, :, :n_obs] = k
+            vb[:, :, :n_obs] = v
+            keys.append(kb)
+            values.append(vb)
+        return ConditionCache(keys, values, n_obs)
+
+    @torch.no_grad()
+    def forward_cached(self, sample: torch.Tensor, timestep, cache: ConditionCache,
+                       capture_attention: bool = False):
+        """Same result as :meth:`forward` (inference only), reusing the observation K/V."""
+        B, n = sample.shape[0], cache.n_obs_tokens
+        t_tok = self._time_token(timestep, B, n, sample.device).to(cache.keys[0].dtype)  # (B, 1, D)
+        for blk, kb, vb in zip(self.blocks, cache.keys, cache.values):
+            k, v = blk.cross_attn.project_kv(t_tok)                   # (B, h, 1, d)
+            kb[:, :, n:] = k
+            vb[:, :, n:] = v
+        return self._run_blocks(self._embed_actions(sample), cache.keys, cache.values, None, capture_attention)

@@ -1,0 +1,143 @@
+"""Building blocks of the action DiT: RMSNorm, MLP, self- and cross-attention, timestep embedding.
+
+Parameter names follow the reference (timm ``Attention``/``Mlp``/``RmsNorm``, RDT's
+``CrossAttention``) so reference checkpoints load 1:1: ``attn.qkv``, ``attn.q_norm``,
+``attn.k_norm``, ``attn.proj``, ``cross_attn.q``, ``cross_attn.kv``, ``ffn.fc1``, ``ffn.fc2``.
+All attention runs through ``F.scaled_dot_product_attention`` (fused kernels where available).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale (no centring, no bias)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class Mlp(nn.Module):
+    """fc1 -> tanh-GELU -> fc2 (hidden width = input width in the paper's DiT)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the action tokens with QK RMSNorm."""
+
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} must be divisible by n_head {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.q_norm = RMSNorm(self.head_dim)
+        self.k_norm = RMSNorm(self.head_dim)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, D) -> (B, T, D)."""
+        B, T_, D = x.shape
+        qkv = self.qkv(x).reshape(B, T_, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)                              # each (B, h, T, d)
+        q, k = self.q_norm(q), self.k_norm(k)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(y.transpose(1, 2).reshape(B, T_, D)))
+
+
+class CrossAttention(nn.Module):
+    """Action tokens attend to the condition tokens (observation + diffusion time), QK RMSNorm.
+
+    ``forward`` accepts either the condition sequence ``c`` (B, L, D) or precomputed keys/values
+    (``kv_cache``: k, v each (B, h, L, d), already k-normed) -- the condition does not change across
+    denoising steps, so the policy computes them once per chunk.
+    """
+
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} must be divisible by n_head {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.q = nn.Linear(dim, dim, bias=True)
+        self.kv = nn.Linear(dim, 2 * dim, bias=True)
+        self.q_norm = RMSNorm(self.head_dim)
+        self.k_norm = RMSNorm(self.head_dim)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def project_kv(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """c: (B, L, D) -> k, v each (B, h, L, d) (k normalised)."""
+        B, L, _ = c.shape
+        k, v = self.kv(c).reshape(B, L, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.k_norm(k), v
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                attn_mask: Optional[torch.Tensor] = None,
+                capture: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """x: (B, T, D); k, v: (B, h, L, d); attn_mask: bool (B, 1, 1, L), True = attend.
+
+        Returns the output (B, T, D) and, when ``capture``, the attention weights of the first
+        action token over the L condition tokens, (B, h, L) in float32.
+        """
+        B, T_, D = x.shape
+        q = self.q_norm(self.q(x).reshape(B, T_, self.num_heads, self.head_dim).transpose(1, 2))  # (B,h,T,d)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.attn_drop if self.training else 0.0)
+        weights = None
+        if capture:
+            with torch.no_grad():  # only the first action token: (B, h, 1, d) @ (B, h, d, L)
+                logits = (q[:, :, :1].float() @ k.float().transpose(-2, -1)) * self.scale
+                if attn_mask is not None:
+                    logits = logits.masked_fill(~attn_mask, float("-inf"))
+                weights = logits.softmax(-1)[:, :, 0]  # (B, h, L)
+        return self.proj_drop(self.proj(y.transpose(1, 2).reshape(B, T_, D))), weights
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal embedding of the diffusion timestep (256 frequencies) followed by an MLP."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256) -> None:
+        super().__init__()
+        self.frequency_embedding_size = frequency_embedding_size
+        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(),
+                                 nn.Linear(hidden_size, hidden_size))
+
+    @staticmethod
+    def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+        """t: (B,) -> (B, dim) as [cos, sin] of t * geometric frequencies."""
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t[:, None].float() * freqs[None]
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        if dim % 2:
+            emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+        return emb
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """t: (B,) -> (B, hidden)."""
+        emb = self.sinusoidal(t, self.frequency_embedding_size)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))

@@ -1,0 +1,195 @@
+"""Observation encoder: head RGB + target mask, wrist RGB and robot state -> condition tokens.
+
+Architecture (DESIGN.md section 2, paper preset)::
+
+    head  rgb  (B,T,3,H,W) -> DINOv2 ViT-B/14 (frozen) -> (B*T, 1369, 768) --+
+    head  mask (B,T,1,H,W) -> mask ViT (14x14 conv, LN, 4 layers) -> (B*T, 1369, 768) --+-> concat
+                                             head_net MLP 1536 -> 1024 --> (B, T*1369, 1024)
+    wrist rgb  (B,T,3,H,W) -> DINOv2 ViT-L/14 (frozen) -> wrist_net MLP 1024 -> 1024 -> (B, T*1369, 1024)
+    state      (B,T,13)    -> state_net MLP 13 -> 256 -> 1024                      -> (B, T, 1024)
+    condition = concat along tokens -> (B, T*(1369+1369+1), 1024)
+
+Images arrive as float [0, 1] in **BGR** order (as the robot cameras deliver and the dataset
+stores them); the encoder converts to RGB, applies colour jitter when training and ImageNet
+normalisation. State-dict names follow the reference (``dino_head``, ``dino_wrist``,
+``mask_process_net.patch_embed/transformer``, ``head_net``, ``wrist_net``, ``state_net``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Optional
+
+import torch
+import torch.nn as nn
+import torchvision.transforms as T
+
+from controller.common.shape_meta import image_size_of, state_dim_of, validate_shape_meta
+from controller.model.vision.backbones import PATCH_SIZE, build_dino_backbone, feature_dim_of, patch_tokens
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _Transpose12(nn.Module):
+    """(B, C, N) -> (B, N, C); parameter-free (keeps the reference's Sequential indices)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2)
+
+
+def _fusion_mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
+    """Linear, LayerNorm, GELU, Dropout, Linear, LayerNorm (indices 0..5 as in the reference)."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout),
+        nn.Linear(hidden, out_dim), nn.LayerNorm(out_dim))
+
+
+class ObsEncoder(nn.Module):
+    """Encode one observation dict into condition tokens for the action DiT.
+
+    Args:
+        shape_meta: the data contract (image size and state dim are read from it).
+        head / wrist: backbone settings: ``model_type``, ``local_weights_path``, ``frozen``
+            (default True) and optional ``depth``/``embed_dim``/``num_heads`` overrides.
+        feature_dim: token width; default ``max(head_dim, wrist_dim)`` like the reference.
+        mask_layers / mask_heads / mask_mlp_ratio: the trainable mask ViT.
+        state_hidden: hidden width of the state MLP (256).
+        dropout: dropout inside the fusion MLPs (0.1).
+        color_jitter: ``{brightness, contrast, saturation, hue}`` or None to disable.
+    """
+
+    def __init__(self, shape_meta: Mapping, head: Mapping, wrist: Mapping,
+                 feature_dim: Optional[int] = None, mask_layers: int = 4, mask_heads: int = 8,
+                 mask_mlp_ratio: float = 4.0, state_hidden: int = 256, dropout: float = 0.1,
+                 color_jitter: Optional[Mapping] = None) -> None:
+        super().__init__()
+        self.shape_meta = validate_shape_meta(shape_meta, "obs_encoder.shape_meta")
+        self.image_size = image_size_of(self.shape_meta)
+        self.state_dim = state_dim_of(self.shape_meta)
+        self.n_obs_steps = int(self.shape_meta["obs"]["rgbm"].get("horizon", 1))
+
+        def backbone(cfg: Mapping) -> nn.Module:
+            cfg = dict(cfg)
+            return build_dino_backbone(
+                cfg["model_type"], self.image_size, cfg.get("local_weights_path"),
+                frozen=cfg.get("frozen", True), depth=cfg.get("depth"),
+                embed_dim=cfg.get("embed_dim"), num_heads=cfg.get("num_heads"))
+
+        self.dino_head = backbone(head)
+        self.dino_wrist = backbone(wrist)
+        self.head_frozen = bool(dict(head).get("frozen", True))
+        self.wrist_frozen = bool(dict(wrist).get("frozen", True))
+        head_dim = self.dino_head.feature_dim
+        wrist_dim = self.dino_wrist.feature_dim
+        self.feature_dim = int(feature_dim or max(head_dim, wrist_dim))
+        self.grid = self.dino_head.grid
+
+        mlp_dim = int(head_dim * mask_mlp_ratio)
+        self.mask_process_net = nn.ModuleDict({
+            "patch_embed": nn.Sequential(
+                nn.Conv2d(1, head_dim, kernel_size=PATCH_SIZE, stride=PATCH_SIZE),
+                nn.Flatten(2),            # (N, C, gh*gw)
+                _Transpose12(),           # (N, gh*gw, C)
+                nn.LayerNorm(head_dim)),
+            "transformer": nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(d_model=head_dim, nhead=mask_heads, dim_feedforward=mlp_dim,
+                                           dropout=0.0, activation=nn.GELU(), batch_first=True,
+                                           norm_first=True),
+                num_layers=mask_layers, enable_nested_tensor=False),
+        })
+        self.head_net = _fusion_mlp(2 * head_dim, self.feature_dim, self.feature_dim, dropout)
+        self.wrist_net = _fusion_mlp(wrist_dim, self.feature_dim, self.feature_dim, dropout)
+        self.state_net = _fusion_mlp(self.state_dim, state_hidden, self.feature_dim, dropout)
+
+        self.color_jitter = T.ColorJitter(**dict(color_jitter)) if color_jitter else None
+        self.register_buffer("img_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("img_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        n_tok = self.grid[0] * self.grid[1]
+        wrist_tok = self.dino_wrist.grid[0] * self.dino_wrist.grid[1]
+        #: condition token counts per part: head patches, wrist patches, state
+        self.part_lengths = [self.n_obs_steps * n_tok, self.n_obs_steps * wrist_tok, self.n_obs_steps]
+        self.part_names = ["head", "wrist", "state"]
+        logger.info("obs encoder: %d trainable parameters",
+                    sum(p.numel() for p in self.parameters() if p.requires_grad))
+
+    # ------------------------------------------------------------------ helpers
+    def train(self, mode: bool = True) -> "ObsEncoder":
+        """Frozen backbones stay in eval mode whatever the parent's mode."""
+        super().train(mode)
+        if self.head_frozen:
+            self.dino_head.eval()
+        if self.wrist_frozen:
+            self.dino_wrist.eval()
+        return self
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.part_lengths)
+
+    def _prep_rgb(self, bgr: torch.Tensor, jitter: bool) -> torch.Tensor:
+        """bgr: (N, 3, H, W) in [0, 1] -> ImageNet-normalised RGB (N, 3, H, W)."""
+        rgb = bgr.flip(1)  # BGR -> RGB
+        if jitter and self.color_jitter is not None:
+            # one random jitter per sample (torchvision draws one set of factors per call)
+            rgb = torch.stack([self.color_jitter(img) for img in rgb])
+        return (rgb - self.img_mean.to(rgb.dtype)) / self.img_std.to(rgb.dtype)
+
+    def _backbone(self, vit: nn.Module, frozen: bool, x: torch.Tensor) -> torch.Tensor:
+        if frozen:
+            with torch.no_grad():
+                return patch_tokens(vit, x)
+        return patch_tokens(vit, x)
+
+    # ------------------------------------------------------------------ parts
+    def head_rgb_tokens(self, rgbm: torch.Tensor, training: bool) -> torch.Tensor:
+        """rgbm: (B, T, 4, H, W) -> DINOv2 tokens (B*T, n, C_head) of the head RGB."""
+        x = rgbm[:, :, :3].flatten(0, 1)  # (B*T, 3, H, W)
+        return self._backbone(self.dino_head, self.head_frozen, self._prep_rgb(x, training))
+
+    def wrist_rgb_tokens(self, wrist: torch.Tensor, training: bool) -> torch.Tensor:
+        """wrist: (B, T, 3, H, W) -> DINOv2 tokens (B*T, n, C_wrist)."""
+        x = wrist.flatten(0, 1)
+        return self._backbone(self.dino_wrist, self.wrist_frozen, self._prep_rgb(x, training))
+
+    def fuse_head(self, rgb_tokens: torch.Tensor, rgbm: torch.Tensor) -> torch.Tensor:
+        """Fuse head RGB tokens (B*T, n, C) with the mask encoding -> (B, T*n, D)."""
+        B, T_ = rgbm.shape[:2]
+        mask = rgbm[:, :, 3:].flatten(0, 1)                       # (B*T, 1, H, W)
+        m = self.mask_process_net["patch_embed"](mask)            # (B*T, n, C)
+        m = self.mask_process_net["transformer"](m)               # (B*T, n, C)
+        fused = self.head_net(torch.cat([rgb_tokens.to(m.dtype), m], dim=-1))  # (B*T, n, D)
+        return fused.reshape(B, T_ * fused.shape[1], fused.shape[-1])
+
+    def fuse_wrist(self, rgb_tokens: torch.Tensor, batch: int) -> torch.Tensor:
+        """Wrist tokens (B*T, n, C) -> (B, T*n, D)."""
+        w = self.wrist_net(rgb_tokens)
+        return w.reshape(batch, -1, w.shape[-1])
+
+    def encode_state(self, state: torch.Tensor) -> torch.Tensor:
+        """state: (B, T, S) -> (B, T, D)."""
+        return self.state_net(state)
+
+    def forward(self, obs: Mapping[str, torch.Tensor], training: bool = True) -> torch.Tensor:
+        """obs: rgbm (B,T,4,H,W), right_cam_img (B,T,3,H,W), right_state (B,T,S) -> (B, N, D).
+
+        If the dict carries precomputed backbone tokens (``head_tokens`` (B,T,n,C_head) and/or
+        ``wrist_tokens`` (B,T,n,C_wrist), e.g. from the feature cache) the backbones are skipped.
+        """
+        rgbm = obs["rgbm"]
+        B = rgbm.shape[0]
+        if "head_tokens" in obs:
+            head_rgb = obs["head_tokens"].flatten(0, 1)
+        else:
+            head_rgb = self.head_rgb_tokens(rgbm, training)
+        if "wrist_tokens" in obs:
+            wrist_rgb = obs["wrist_tokens"].flatten(0, 1)
+        else:
+            wrist_rgb = self.wrist_rgb_tokens(obs["right_cam_img"], training)
+        tokens = [
+            self.fuse_head(head_rgb, rgbm),                  # (B, T*n_head, D)
+            self.fuse_wrist(wrist_rgb.to(rgbm.dtype), B),    # (B, T*n_wrist, D)
+            self.encode_state(obs["right_state"]),           # (B, T, D)
+        ]
+        return torch.cat(tokens, dim=1)                      # (B, N, D)

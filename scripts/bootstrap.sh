@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent set-up: Debian packages for offscreen MuJoCo rendering, a virtualenv in .venv,
+# and the project installed (editable) with the requested extras. Quick when already done:
+# a stamp file records the hash of the dependency files, and pip runs only when it changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS="${1:-test}"
+VENV="${VENV:-.venv}"
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+# 1. Debian packages for software EGL rendering (MuJoCo offscreen) and video encoding.
+DEB_PKGS="libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 libosmesa6"
+missing=""
+for p in $DEB_PKGS; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "[bootstrap] installing Debian packages:$missing"
+  SUDO=""; [ "$(id -u)" = "0" ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# 2. Virtualenv.
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[bootstrap] creating $VENV with $PY"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel >/dev/null 2>&1 || true
+fi
+
+# 3. Project + extras, only when the dependency files changed.
+STAMP="$VENV/.dexgraspvla-$(echo "$EXTRAS" | tr ',' '_').stamp"
+HASH="$(cat pyproject.toml requirements.txt | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
+  echo "[bootstrap] installing the project with extras [$EXTRAS] (first time takes a few minutes)"
+  LOG="$VENV/pip-install.log"
+  if ! "$VENV/bin/python" -m pip install --progress-bar off -e ".[$EXTRAS]" >"$LOG" 2>&1; then
+    tail -40 "$LOG"; echo "[bootstrap] pip install failed; full log: $LOG" >&2; exit 1
+  fi
+  echo "$HASH" > "$STAMP"
+fi
