@@ -9,8 +9,8 @@ VENV="${VENV:-.venv}"
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
-# 1. Debian packages for software EGL rendering (MuJoCo offscreen) and video encoding.
-DEB_PKGS="libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 libosmesa6"
+# 1. Debian packages: software EGL/OSMesa rendering for MuJoCo offscreen, libusb for pyrealsense2.
+DEB_PKGS="libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 libosmesa6 libusb-1.0-0"
 missing=""
 for p in $DEB_PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -201,6 +201,11 @@ def load_policy_weights(policy: torch.nn.Module, ckpt_dir: str, use_ema: bool = 
         raise CheckpointError(f"could not read '{path}': {exc}") from exc
     if use_ema and os.path.isfile(os.path.join(ckpt_dir, EMA_FILE)):
         sd.update(load_file(os.path.join(ckpt_dir, EMA_FILE)))
+    if hasattr(policy, "normalizer"):  # a fresh policy's normaliser is empty: create its fields first
+        nsd = {k[len("normalizer."):]: v for k, v in sd.items() if k.startswith("normalizer.")}
+        if not nsd:
+            raise CheckpointError(f"checkpoint '{path}' has no normaliser ('normalizer.*' keys)")
+        policy.normalizer.load_state_dict(nsd)
     own = policy.state_dict()
     missing = sorted(set(own) - set(sd))
     if allow_missing_backbones:

@@ -92,7 +92,8 @@ class TrainDexGraspVLAControllerWorkspace:
             self.policy.set_normalizer(self.dataset.get_normalizer())  # the new data's statistics
         n_trainable = self.policy.num_trainable_parameters()
         acc.print(f"policy: {n_trainable:,} trainable parameters ({n_trainable / 1e6:.2f}M); "
-                  f"{len(self.dataset)} train samples, {len(self.val_dataset)} val samples")
+                  f"{len(self.dataset)} train samples, {len(self.val_dataset)} val samples; "
+                  f"{acc.num_processes} process(es) on {acc.device.type}, mixed precision '{acc.mixed_precision}'")
         self.optimizer = self.policy.get_optimizer(**cfg.optimizer)
         steps_per_epoch = len(self.train_loader)
         if cfg.training.max_train_steps:

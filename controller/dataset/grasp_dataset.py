@@ -1,0 +1,219 @@
+"""Torch dataset of (observation, 64-step action chunk) samples from one or more zarr stores.
+
+Sample layout (T = n_obs_steps, H = horizon, h x w = image size from ``shape_meta``)::
+
+    {'obs': {'rgbm':          float32 (T, 4, h, w)  BGR in [0, 1] + mask in {0, 1},
+             'right_cam_img': float32 (T, 3, h, w)  BGR in [0, 1],
+             'right_state':   float32 (T, 13)},
+     'action':        float32 (H, 13),   past the episode end: the last action repeated
+     'action_is_pad': bool    (H,)}      True at those repeated positions
+
+Images are resized here (bilinear; mask nearest then > 0.5, see :mod:`controller.dataset.image_ops`)
+but stay BGR and un-normalised: the policy's observation encoder does BGR->RGB, colour jitter and
+ImageNet normalisation on the device. The train/val split and ``max_train_episodes`` are drawn over
+the episodes of all ``dataset_paths`` together (seeded, by episode).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from controller.common.shape_meta import ShapeMetaError, validate_shape_meta
+from controller.dataset.errors import DatasetError
+from controller.dataset.image_ops import bgr_uint8_to_float_chw, rgbm_uint8_to_float_chw
+from controller.dataset.replay_buffer import ZarrReplayBuffer
+from controller.dataset.sampler import SequenceSampler, downsample_mask, get_val_mask
+from controller.model.common.normalizer import LinearNormalizer
+
+_IMAGE_FNS = {"rgbm": rgbm_uint8_to_float_chw, "right_cam_img": bgr_uint8_to_float_chw}
+
+
+def _plain_list(x: Any) -> list:
+    """str / path / list / tuple / OmegaConf ListConfig -> list of plain python values."""
+    if isinstance(x, (str, os.PathLike)):
+        return [os.fspath(x)]
+    try:
+        from omegaconf import OmegaConf
+        if OmegaConf.is_config(x):
+            x = OmegaConf.to_container(x, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return [os.fspath(v) if isinstance(v, os.PathLike) else v for v in x]
+
+
+class GraspDataset(Dataset):
+    """Windows of ``horizon`` steps over the episodes of several zarr stores.
+
+    Args:
+        dataset_paths: one path or a list of zarr store paths (reference layout).
+        shape_meta: the data contract (see ``controller.common.shape_meta``); image sizes, state and
+            action widths and (if not given here) horizons are taken from it.
+        horizon: action steps per sample (default: ``shape_meta['action']['horizon']``).
+        n_obs_steps: observation steps per sample (default: the obs horizon in shape_meta).
+        seed: seed of the validation split and of ``max_train_episodes`` subsampling.
+        val_ratio: fraction of all episodes (over all paths) held out for validation.
+        max_train_episodes: cap on training episodes (over all paths), None for no cap.
+        pad_action: windows start at every step, past-the-end actions repeat the last one (True,
+            the reference behaviour); False keeps only windows that fit inside the episode.
+        image_keys: image observations to load (subset of ``right_cam_img``, ``rgbm``).
+        lowdim_keys: low-dim observations to load.
+        cache_dir: optional directory for a float16 cache of resized frames (see
+            :mod:`controller.dataset.frame_cache`); None reads and resizes every time.
+    """
+
+    def __init__(self, dataset_paths: Any, shape_meta: Mapping, horizon: Optional[int] = None,
+                 n_obs_steps: Optional[int] = None, seed: int = 42, val_ratio: float = 0.0,
+                 max_train_episodes: Optional[int] = None, pad_action: bool = True,
+                 image_keys: Sequence[str] = ("rgbm", "right_cam_img"),
+                 lowdim_keys: Sequence[str] = ("right_state",), cache_dir: Optional[str] = None):
+        super().__init__()
+        self.shape_meta = validate_shape_meta(shape_meta, where="GraspDataset.shape_meta")
+        obs_meta, act_meta = self.shape_meta["obs"], self.shape_meta["action"]
+        self.image_keys = [str(k) for k in _plain_list(image_keys)]
+        self.lowdim_keys = [str(k) for k in _plain_list(lowdim_keys)]
+        for k in self.image_keys + self.lowdim_keys:
+            if k not in obs_meta:
+                raise ShapeMetaError(f"GraspDataset: obs key '{k}' not in shape_meta.obs ({list(obs_meta)})")
+        for k in self.image_keys:
+            if k not in _IMAGE_FNS:
+                raise ShapeMetaError(f"GraspDataset: image key '{k}' unknown; expected one of {list(_IMAGE_FNS)}")
+        meta_h = int(act_meta["horizon"])
+        self.horizon = meta_h if horizon is None else int(horizon)
+        if self.horizon != meta_h:
+            raise ShapeMetaError(f"GraspDataset: horizon={self.horizon} but shape_meta.action.horizon={meta_h}")
+        meta_t = int(obs_meta[self.lowdim_keys[0] if self.lowdim_keys else "right_state"].get("horizon", 1))
+        self.n_obs_steps = meta_t if n_obs_steps is None else int(n_obs_steps)
+        if self.n_obs_steps != meta_t:
+            raise ShapeMetaError(f"GraspDataset: n_obs_steps={self.n_obs_steps} but shape_meta obs horizon={meta_t}")
+        self.image_sizes = {k: tuple(int(s) for s in obs_meta[k]["shape"][1:]) for k in self.image_keys}
+        self.action_dim = int(act_meta["shape"][0])
+        self.seed, self.val_ratio, self.pad_action = int(seed), float(val_ratio or 0.0), bool(pad_action)
+        self.max_train_episodes = None if max_train_episodes is None else int(max_train_episodes)
+
+        self.dataset_paths = [str(p) for p in _plain_list(dataset_paths)]
+        if not self.dataset_paths:
+            raise DatasetError("GraspDataset: dataset_paths is empty; expected at least one zarr store")
+        dims = {k: int(obs_meta[k]["shape"][0]) for k in self.lowdim_keys}
+        dims["action"] = self.action_dim
+        keys = self.image_keys + self.lowdim_keys + ["action"]
+        self.replay_buffers = [ZarrReplayBuffer.open(p, keys=keys, low_dim_dims=dims)
+                               for p in self.dataset_paths]
+
+        # episode-level split over all stores together
+        counts = [rb.n_episodes for rb in self.replay_buffers]
+        val = get_val_mask(sum(counts), self.val_ratio, seed=self.seed)
+        train = downsample_mask(~val, self.max_train_episodes, seed=self.seed)
+        bounds = np.cumsum([0] + counts)
+        self.train_masks = [train[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        self.val_masks = [val[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        self.is_validation = False
+        self._build_index(self.train_masks)
+
+        self.cache = None
+        if cache_dir is not None:
+            from controller.dataset.frame_cache import FrameCache
+            self.cache = FrameCache(cache_dir, self.replay_buffers, self.image_sizes)
+
+    # ------------------------------------------------------------------ indexing
+    def _build_index(self, masks: Sequence[np.ndarray]) -> None:
+        """One sampler per store and the cumulative window counts used to route an index."""
+        self.samplers = [SequenceSampler(rb.episode_ends, self.horizon, self.n_obs_steps, m, self.pad_action)
+                         for rb, m in zip(self.replay_buffers, masks)]
+        self._cum = np.cumsum([0] + [len(s) for s in self.samplers]).astype(np.int64)
+
+    @property
+    def n_episodes(self) -> int:
+        """Episodes this split draws from."""
+        masks = self.val_masks if self.is_validation else self.train_masks
+        return int(sum(m.sum() for m in masks))
+
+    def get_validation_dataset(self) -> "GraspDataset":
+        """Same stores, windows from the held-out episodes only (shares the open buffers)."""
+        val = copy.copy(self)
+        val.is_validation = True
+        val._build_index(self.val_masks)
+        return val
+
+    def __len__(self) -> int:
+        return int(self._cum[-1])
+
+    # ------------------------------------------------------------------ normaliser
+    def _train_steps(self, key: str) -> np.ndarray:
+        parts = []
+        for rb, m in zip(self.replay_buffers, self.train_masks):
+            lengths = rb.episode_lengths
+            step_mask = np.repeat(m, lengths)            # (K,) True for steps of training episodes
+            parts.append(np.asarray(rb[key])[step_mask])
+        out = np.concatenate(parts, axis=0)
+        if len(out) == 0:
+            raise DatasetError(f"{self.dataset_paths}: no training episodes to fit the normaliser "
+                               f"on (val_ratio={self.val_ratio}, max_train_episodes={self.max_train_episodes})")
+        return out
+
+    def get_all_actions(self) -> torch.Tensor:
+        """(N, action_dim) float32 actions of all training episodes."""
+        return torch.from_numpy(self._train_steps("action").astype(np.float32))
+
+    def get_normalizer(self, mode: str = "limits", **kwargs: Any) -> LinearNormalizer:
+        """Fit 'action' and the low-dim obs (e.g. 'right_state') over all steps of the training
+        episodes; 'limits' maps each dimension's range to [-1, 1] (constant dims to 0)."""
+        data = {"action": self._train_steps("action")}
+        for k in self.lowdim_keys:
+            data[k] = self._train_steps(k)
+        return LinearNormalizer().fit(data, mode=mode, **kwargs)
+
+    # ------------------------------------------------------------------ samples
+    def _locate(self, idx: int) -> tuple[int, int]:
+        n = len(self)
+        if idx < 0:
+            idx += n
+        if not 0 <= idx < n:
+            raise IndexError(f"GraspDataset index {idx} out of range for {n} samples")
+        b = int(np.searchsorted(self._cum, idx, side="right") - 1)
+        return b, idx - int(self._cum[b])
+
+    def _load_image(self, b: int, key: str, step: int) -> np.ndarray:
+        """One frame (C, h, w) float32, from the cache or read + resized."""
+        if self.cache is not None:
+            return self.cache.get(b, key, step)
+        frame = self.replay_buffers[b][key][step]            # (H, W, C) uint8
+        return _IMAGE_FNS[key](frame, self.image_sizes[key])  # (C, h, w) float32
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        b, local = self._locate(int(idx))
+        rb = self.replay_buffers[b]
+        obs_idx, act_idx, is_pad = self.samplers[b].window(local)   # (T,), (H,), (H,)
+        obs: dict[str, torch.Tensor] = {}
+        for key in self.image_keys:
+            frames = [self._load_image(b, key, int(s)) for s in obs_idx]
+            obs[key] = torch.from_numpy(np.stack(frames, axis=0))  # (T, C, h, w)
+        for key in self.lowdim_keys:
+            obs[key] = torch.from_numpy(np.asarray(rb[key][obs_idx], dtype=np.float32))  # (T, D)
+        action = np.asarray(rb["action"][act_idx], dtype=np.float32)  # (H, A)
+        sample = {"obs": obs, "action": torch.from_numpy(action),
+                  "action_is_pad": torch.from_numpy(is_pad.copy())}
+        self._check_sample(sample, b)
+        return sample
+
+    def _check_sample(self, sample: Mapping[str, Any], b: int) -> None:
+        """Output contract check against shape_meta (cheap tuple comparisons)."""
+        T = self.n_obs_steps
+        for key, t in sample["obs"].items():
+            want = (T, *[int(s) for s in self.shape_meta["obs"][key]["shape"]])
+            if tuple(t.shape) != want:
+                raise ShapeMetaError(f"{self.dataset_paths[b]}: sample obs '{key}' has shape "
+                                     f"{tuple(t.shape)}; shape_meta expects {want}")
+        want_a = (self.horizon, self.action_dim)
+        if tuple(sample["action"].shape) != want_a:
+            raise ShapeMetaError(f"{self.dataset_paths[b]}: sample action has shape "
+                                 f"{tuple(sample['action'].shape)}; shape_meta expects {want_a}")
+
+    def __repr__(self) -> str:
+        split = "val" if self.is_validation else "train"
+        return (f"GraspDataset({split}: {len(self)} windows from {self.n_episodes} episodes of "
+                f"{len(self.dataset_paths)} store(s), horizon={self.horizon}, images={self.image_sizes})")

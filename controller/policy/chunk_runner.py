@@ -1,0 +1,75 @@
+"""Run a trained controller on raw observations (what cameras, the robot and the simulator give).
+
+:class:`ChunkPolicy` wraps a :class:`DexGraspVLAController` for deployment: it validates a raw
+observation against the data contract, preprocesses it exactly as the training dataset does
+(``controller.dataset.image_ops``), runs the policy on its device (bf16 autocast on CUDA) and
+returns a numpy action chunk. No hardware, planner or device names are involved.
+
+Raw observation::
+
+    right_cam_img  uint8 (H, W, 3)  wrist camera, BGR
+    rgbm           uint8 (H, W, 4)  head camera BGR + target mask (0/1 or 0/255)
+    right_state    float (13,)      normalised arm joints + hand
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+
+from controller.common.shape_meta import check_raw_obs, image_size_of
+from controller.dataset.image_ops import bgr_uint8_to_float_chw, rgbm_uint8_to_float_chw
+
+
+class ChunkPolicy:
+    """Raw observation -> (horizon, 13) action chunk.
+
+    Args:
+        policy: a :class:`DexGraspVLAController` (moved to ``device`` and set to eval).
+        device: torch device string or object.
+        autocast: use bf16 autocast on CUDA (ignored on CPU).
+    """
+
+    def __init__(self, policy: torch.nn.Module, device: str | torch.device = "cpu", autocast: bool = True) -> None:
+        self.device = torch.device(device)
+        self.policy = policy.to(self.device).eval()
+        self.shape_meta = policy.shape_meta
+        self.image_size = image_size_of(self.shape_meta)
+        self.autocast = bool(autocast) and self.device.type == "cuda"
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str | torch.device = "cpu", use_ema: bool = True) -> "ChunkPolicy":
+        """Load a checkpoint directory written by training or the converter."""
+        from controller.policy.loading import load_policy
+
+        policy, _ = load_policy(path, device=device, use_ema=use_ema)
+        return cls(policy, device)
+
+    @property
+    def action_horizon(self) -> int:
+        return int(self.policy.action_horizon)
+
+    def preprocess(self, raw_obs: Mapping[str, np.ndarray]) -> dict:
+        """Raw observation -> batched model inputs (1, 1, C, h, w) / (1, 1, 13) on the device."""
+        check_raw_obs(raw_obs, self.shape_meta, "ChunkPolicy observation")
+        rgbm = rgbm_uint8_to_float_chw(np.asarray(raw_obs["rgbm"]), self.image_size)           # (4, h, w)
+        wrist = bgr_uint8_to_float_chw(np.asarray(raw_obs["right_cam_img"]), self.image_size)  # (3, h, w)
+        state = np.asarray(raw_obs["right_state"], dtype=np.float32)                          # (13,)
+        to = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None, None].to(self.device)  # noqa: E731
+        return {"rgbm": to(rgbm), "right_cam_img": to(wrist), "right_state": to(state)}
+
+    @torch.inference_mode()
+    def predict_chunk(self, raw_obs: Mapping[str, np.ndarray], noise: Optional[torch.Tensor] = None,
+                      return_attention: bool = False):
+        """Predict one action chunk, float32 (horizon, 13); with ``return_attention`` also the
+        attention record and the preprocessed model inputs (for attention-map files)."""
+        obs = self.preprocess(raw_obs)
+        if noise is not None and noise.dim() == 2:
+            noise = noise[None]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = self.policy.predict_action(obs, noise=noise, return_attention=return_attention)
+        if return_attention:
+            actions, record = out
+            return actions[0].float().cpu().numpy(), record, obs
+        return out[0].float().cpu().numpy()

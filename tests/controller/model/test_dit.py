@@ -1,0 +1,79 @@
+"""Action DiT: cached condition K/V equals the straightforward path; paper sizes; masks."""
+import pytest
+import torch
+
+from controller.model.diffusion.dit import TransformerForActionDiffusion
+from tests.controller.conftest import build_policy
+
+
+def _dit(seed=0, **kw):
+    torch.manual_seed(seed)
+    args = dict(input_dim=13, output_dim=13, action_horizon=16, n_layer=3, n_head=4, n_emb=32,
+                max_cond_tokens=41, p_drop_attn=0.1)
+    args.update(kw)
+    return TransformerForActionDiffusion(**args).eval()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("capture", [False, True])
+def test_cached_equals_uncached(seed, capture):
+    dit = _dit(seed)
+    g = torch.Generator().manual_seed(seed)
+    cond = torch.randn(3, 40, 32, generator=g)
+    cache = dit.prepare_condition(cond)
+    for t in (49, 17, 0):  # several denoising steps reuse one cache
+        x = torch.randn(3, 16, 13, generator=g)
+        ref, ref_attn = dit(x, t, cond, capture_attention=capture)
+        out, attn = dit.forward_cached(x, t, cache, capture_attention=capture)
+        assert (ref - out).abs().max().item() <= 1e-5
+        if capture:
+            assert len(attn) == 3 and attn[0].shape == (3, 4, 41)
+            for a, b in zip(ref_attn, attn):
+                assert (a - b).abs().max().item() <= 1e-5
+            assert torch.allclose(attn[0].sum(-1), torch.ones(3, 4), atol=1e-5)
+
+
+def test_condition_mask_hides_tokens():
+    dit = _dit()
+    cond = torch.randn(2, 40, 32)
+    x = torch.randn(2, 16, 13)
+    mask = torch.ones(2, 41, dtype=torch.bool)
+    mask[:, :20] = False
+    out_a, attn = dit(x, 5, cond, cond_mask=mask, capture_attention=True)
+    cond_b = cond.clone()
+    cond_b[:, :20] = torch.randn(2, 20, 32)  # changing hidden tokens must not change the output
+    out_b, _ = dit(x, 5, cond_b, cond_mask=mask)
+    assert torch.allclose(out_a, out_b, atol=1e-6)
+    assert attn[0][:, :, :20].abs().max() == 0
+
+
+def test_too_many_condition_tokens():
+    dit = _dit()
+    with pytest.raises(ValueError, match="max_cond_tokens"):
+        dit(torch.randn(1, 16, 13), 0, torch.randn(1, 41, 32))
+
+
+def test_paper_preset_has_163m_trainable_parameters():
+    with torch.device("meta"):
+        policy, cfg = build_policy("paper")
+    n = policy.num_trainable_parameters()
+    assert abs(n - 163e6) / 163e6 < 0.01, n
+    enc = policy.obs_encoder
+    assert enc.part_lengths == [1369, 1369, 1] and enc.feature_dim == 1024
+    assert policy.model.max_cond_tokens == 2740 and len(policy.model.blocks) == 12
+    assert enc.dino_head.feature_dim == 768 and enc.dino_wrist.feature_dim == 1024
+    assert not any(p.requires_grad for p in enc.dino_head.parameters())
+
+
+def test_reference_state_dict_names():
+    with torch.device("meta"):
+        policy, _ = build_policy("paper")
+    keys = set(policy.state_dict())
+    for k in ["obs_encoder.mask_process_net.patch_embed.0.weight", "obs_encoder.mask_process_net.patch_embed.3.bias",
+              "obs_encoder.mask_process_net.transformer.layers.3.self_attn.in_proj_weight",
+              "obs_encoder.head_net.0.weight", "obs_encoder.head_net.5.weight", "obs_encoder.state_net.4.weight",
+              "obs_encoder.dino_head.blocks.11.ls1.gamma", "obs_encoder.dino_wrist.blocks.23.attn.qkv.weight",
+              "model.blocks.11.cross_attn.kv.weight", "model.blocks.0.attn.q_norm.weight",
+              "model.blocks.0.ffn.fc2.bias", "model.time_emb.mlp.2.weight", "model.cond_pos_emb", "model.pos_emb",
+              "model.ln_f.weight", "model.head.weight", "model.input_emb.weight"]:
+        assert k in keys, k

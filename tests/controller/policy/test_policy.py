@@ -1,0 +1,120 @@
+"""Policy API: predict_action / compute_loss / ChunkPolicy on the tiny preset."""
+import numpy as np
+import pytest
+import torch
+
+from controller.common.shape_meta import ShapeMetaError
+from controller.policy.dexgraspvla_controller import noise_assignment
+from tests.controller.conftest import random_obs
+
+
+def test_predict_action_shape_and_determinism(make_policy):
+    policy, cfg = make_policy()
+    policy.eval()
+    obs = random_obs(3, cfg.image_size)
+    noise = torch.randn(3, 64, 13)
+    a = policy.predict_action(obs, noise=noise)
+    b = policy.predict_action(obs, noise=noise)
+    assert a.shape == (3, 64, 13)
+    assert torch.equal(a, b)
+    # unnormalised: the DDIM sample is clipped to [-1, 1] in normalised space -> fitted action range
+    lo = policy.normalizer["action"].unnormalize(-torch.ones(13))
+    hi = policy.normalizer["action"].unnormalize(torch.ones(13))
+    assert torch.all(a >= lo - 1e-4) and torch.all(a <= hi + 1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cached_kv_policy_matches_straightforward(make_policy, seed):
+    policy, cfg = make_policy()
+    policy.eval()
+    obs = random_obs(2, cfg.image_size, seed)
+    noise = torch.randn(2, 64, 13, generator=torch.Generator().manual_seed(seed))
+    policy.cache_condition_kv = True
+    fast, rec_fast = policy.predict_action(obs, noise=noise, return_attention=True)
+    policy.cache_condition_kv = False
+    slow, rec_slow = policy.predict_action(obs, noise=noise, return_attention=True)
+    assert (fast - slow).abs().max().item() <= 1e-4
+    assert np.abs(rec_fast["attn"].astype(np.float32) - rec_slow["attn"].astype(np.float32)).max() <= 1e-3
+
+
+def test_attention_record(make_policy):
+    policy, cfg = make_policy()
+    policy.eval()
+    _, rec = policy.predict_action(random_obs(3, cfg.image_size), return_attention=True)
+    steps = policy.num_inference_steps
+    n_tok = int(rec["token_part_sizes"].sum())
+    assert rec["attn"].shape == (steps, 2, 2, 2, n_tok)  # steps, blocks, samples (first 2), heads, tokens
+    assert list(rec["token_part_names"]) == ["head", "wrist", "state", "time"]
+    assert list(rec["token_part_sizes"]) == [16, 16, 1, 1] and list(rec["head_grid"]) == [4, 4]
+    np.testing.assert_allclose(rec["attn"].astype(np.float32).sum(-1), 1.0, atol=5e-3)
+
+
+def test_loss_ignores_padded_steps(make_policy):
+    """With sample prediction the target is the clean chunk: the loss must equal the mean squared
+    error over the non-padded steps only (captured predictions, recomputed here)."""
+    policy, cfg = make_policy(overrides=["policy.noise_scheduler.prediction_type=sample"])
+    policy.train()
+    captured = {}
+    policy.model.register_forward_hook(lambda m, i, o: captured.__setitem__("pred", o[0].detach()))
+    obs = random_obs(4, cfg.image_size)
+    action = torch.rand(4, 64, 13)
+    pad = torch.zeros(4, 64, dtype=torch.bool)
+    pad[:, 40:] = True
+    pad[0] = False
+    loss = policy.compute_loss({"obs": obs, "action": action, "action_is_pad": pad}).item()
+    target = policy.normalizer["action"].normalize(action)
+    err = (captured["pred"] - target) ** 2
+    expected = err[~pad].mean().item()
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert loss != pytest.approx(err.mean().item(), rel=1e-3)  # padded steps would change it
+    policy.mask_padded_actions = False
+    loss_all = policy.compute_loss({"obs": obs, "action": action, "action_is_pad": pad}).item()
+    err_all = ((captured["pred"] - target) ** 2).mean().item()
+    assert loss_all == pytest.approx(err_all, rel=1e-5)
+
+
+def test_loss_backward_reaches_trainable_parts_only(make_policy):
+    policy, cfg = make_policy()
+    policy.train()
+    loss = policy.compute_loss({"obs": random_obs(2, cfg.image_size), "action": torch.rand(2, 64, 13),
+                                "action_is_pad": torch.zeros(2, 64, dtype=torch.bool)})
+    loss.backward()
+    assert policy.obs_encoder.head_net[0].weight.grad is not None
+    assert policy.obs_encoder.mask_process_net["patch_embed"][0].weight.grad is not None
+    assert all(p.grad is None for p in policy.obs_encoder.dino_head.parameters())
+
+
+def test_noise_assignment_is_a_permutation_that_lowers_distance():
+    g = torch.Generator().manual_seed(0)
+    data, noise = torch.randn(8, 64, 13, generator=g), torch.randn(8, 64, 13, generator=g)
+    perm = noise_assignment(data, noise)
+    assert sorted(perm.tolist()) == list(range(8))
+    before = (data - noise).flatten(1).norm(dim=1).sum()
+    after = (data - noise[perm]).flatten(1).norm(dim=1).sum()
+    assert after <= before + 1e-5
+
+
+def test_bad_observation_is_named(make_policy):
+    policy, cfg = make_policy()
+    obs = random_obs(1, cfg.image_size)
+    obs["right_state"] = torch.zeros(1, 1, 12)
+    with pytest.raises(ShapeMetaError, match="right_state"):
+        policy.predict_action(obs)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        policy.predict_action(random_obs(1, cfg.image_size), noise=torch.zeros(1, 8, 13))
+
+
+def test_chunk_policy_on_raw_observation(make_policy):
+    from controller.policy.chunk_runner import ChunkPolicy
+
+    policy, cfg = make_policy()
+    runner = ChunkPolicy(policy)
+    rng = np.random.default_rng(0)
+    raw = {"right_cam_img": rng.integers(0, 255, (480, 640, 3), dtype=np.uint8),
+           "rgbm": rng.integers(0, 255, (480, 640, 4), dtype=np.uint8),
+           "right_state": np.zeros(13, dtype=np.float32)}
+    chunk = runner.predict_chunk(raw, noise=torch.zeros(64, 13))
+    assert chunk.shape == (64, 13) and chunk.dtype == np.float32
+    raw["rgbm"] = raw["rgbm"][..., :3]
+    with pytest.raises(ShapeMetaError, match="rgbm"):
+        runner.predict_chunk(raw)
