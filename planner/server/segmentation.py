@@ -1,0 +1,283 @@
+"""Classical table-top object segmentation for the offline planner.
+
+Pipeline (``analyse_scene``):
+
+1. Median-blur the BGR image and convert it to CIE Lab.
+2. Table model: the dominant colour of the lower image part, plus up to two further modes
+   that interleave with it (checkerboard tables). Each mode gets a quadratic colour field
+   fitted over the image, which absorbs lighting gradients.
+3. Table pixels are those close to a mode's field (lightness down-weighted); the table
+   region is the convex hull of the largest table component.
+4. Foreground = table region minus table pixels, cleaned with morphology; connected
+   components filtered by size; components of two clearly different colours are split.
+5. Low-chroma components touching the image or table border are taken as the robot arm.
+
+Each object is named by colour (``vocab.name_colour``), rough shape and position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from planner.server.vocab import name_colour
+
+_L_W = 0.4  # lightness weight in table distances
+
+
+@dataclass
+class SegmentationParams:
+    """Tunable thresholds (pixel values assume 640x480 images and scale with area)."""
+
+    min_area: int = 90
+    max_area_frac: float = 0.12
+    min_threshold: float = 7.0
+    mad_factor: float = 3.5
+    arm_chroma: float = 11.0
+    split_hue_deg: float = 50.0
+    min_edge_contrast: float = 3.0
+
+
+@dataclass
+class DetectedObject:
+    """One segmented object in a head image."""
+
+    index: int
+    bbox: tuple[int, int, int, int]  # x1, y1, x2, y2 (exclusive)
+    area: int
+    centroid: tuple[float, float]
+    lab: tuple[float, float, float]
+    colour: str
+    shape: str
+    mask: np.ndarray = field(repr=False)
+    crowding: float = 0.0  # fraction of the surrounding ring occupied by other objects / robot
+
+    @property
+    def chroma(self) -> float:
+        """Colourfulness (Lab chroma) of the object's median colour."""
+        return float(np.hypot(self.lab[1], self.lab[2]))
+
+    def horizontal(self, width: int) -> str:
+        """"left", "middle" or "right" by the object's centre in the image."""
+        x = self.centroid[0] / width
+        return "left" if x < 0.38 else ("right" if x > 0.62 else "middle")
+
+    def depth(self, height: int) -> Optional[str]:
+        """"back", "front" or None (middle) by the object's centre row."""
+        y = self.centroid[1] / height
+        return "back" if y < 0.42 else ("front" if y > 0.72 else None)
+
+    @property
+    def label(self) -> str:
+        """Short name, e.g. ``red cube``."""
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass
+class SceneAnalysis:
+    """Result of ``analyse_scene``."""
+
+    objects: list[DetectedObject]
+    table_mask: np.ndarray = field(repr=False)
+    table_region: np.ndarray = field(repr=False)
+    robot_mask: np.ndarray = field(repr=False)
+    width: int = 640
+    height: int = 480
+
+
+def _design(xs: np.ndarray, ys: np.ndarray, w: int, h: int) -> np.ndarray:
+    x = xs.astype(np.float32) / w - 0.5
+    y = ys.astype(np.float32) / h - 0.5
+    return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
+
+
+def _fit_field(lab: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Least-squares quadratic colour field over the pixels of ``mask``; returns (H, W, 3)."""
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    if len(xs) > 15000:
+        pick = rng.choice(len(xs), 15000, replace=False)
+        xs, ys = xs[pick], ys[pick]
+    if len(xs) < 50:
+        return np.broadcast_to(np.median(lab[mask], axis=0), lab.shape).astype(np.float32)
+    coef, *_ = np.linalg.lstsq(_design(xs, ys, w, h), lab[ys, xs], rcond=None)
+    gy, gx = np.mgrid[0:h, 0:w]
+    return (_design(gx.ravel(), gy.ravel(), w, h) @ coef).reshape(h, w, 3).astype(np.float32)
+
+
+def _distance(lab: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    d = lab - ref
+    return np.sqrt(_L_W * _L_W * d[..., 0] ** 2 + d[..., 1] ** 2 + d[..., 2] ** 2)
+
+
+def _table_modes(lab: np.ndarray, max_modes: int = 3) -> list[np.ndarray]:
+    """Masks of the table colour modes (first = dominant)."""
+    h, w = lab.shape[:2]
+    sub = np.zeros((h, w), bool)
+    sub[int(0.3 * h):, :] = True
+    q = np.stack([lab[..., 0] / 10.0, (lab[..., 1] + 128) / 7.0, (lab[..., 2] + 128) / 7.0], -1).astype(np.int32)
+    q = np.clip(q, 0, 63)
+    keys = (q[..., 0] * 64 + q[..., 1]) * 64 + q[..., 2]
+    remaining = sub.copy()
+    modes: list[np.ndarray] = []
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (41, 41))
+    for _ in range(max_modes):
+        if remaining.sum() < 0.05 * sub.sum():
+            break
+        counts = np.bincount(keys[remaining], minlength=64 ** 3)
+        top = int(np.argmax(counts))
+        centre = np.median(lab[remaining & (keys == top)], axis=0)
+        member = _distance(lab, centre) < 12.0
+        share = (member & remaining).sum() / float(sub.sum())
+        if modes:
+            near_first = cv2.dilate(modes[0].astype(np.uint8), kernel).astype(bool)
+            interleave = (member & near_first & sub).sum() / max(1.0, (member & sub).sum())
+            if share < 0.1 or interleave < 0.6:
+                break
+        modes.append(member)
+        remaining &= ~cv2.dilate(member.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    return modes
+
+
+def _shape_name(mask_u8: np.ndarray) -> str:
+    contours, _ = cv2.findContours(mask_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return "object"
+    cnt = max(contours, key=cv2.contourArea)
+    area = max(cv2.contourArea(cnt), 1.0)
+    (_, _), (rw, rh), _ = cv2.minAreaRect(cnt)
+    rect_fill = area / max(rw * rh, 1.0)
+    aspect = max(rw, rh) / max(min(rw, rh), 1.0)
+    if aspect > 1.45:
+        return "cube" if rect_fill > 0.9 else "cylinder"
+    return "cube" if rect_fill > 0.86 else "ball"
+
+
+def _split_component(lab: np.ndarray, comp: np.ndarray, params: SegmentationParams) -> list[np.ndarray]:
+    """Split a component whose pixels form two well separated colour clusters."""
+    pix = lab[comp][:, 1:3].astype(np.float32)
+    if len(pix) < 2 * params.min_area:
+        return [comp]
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
+    _, labels, centres = cv2.kmeans(pix, 2, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
+    labels = labels.ravel()
+    share = labels.mean()
+    chroma = np.hypot(centres[:, 0], centres[:, 1])
+    hue = np.degrees(np.arctan2(centres[:, 1], centres[:, 0]))
+    dhue = abs((hue[0] - hue[1] + 180.0) % 360.0 - 180.0)
+    # Shading changes lightness and chroma but hardly the hue: split only on a clear hue change.
+    if chroma.min() < 15.0 or dhue < params.split_hue_deg or not 0.2 < share < 0.8:
+        return [comp]
+    parts = []
+    ys, xs = np.nonzero(comp)
+    for k in (0, 1):
+        part = np.zeros(comp.shape, np.uint8)
+        part[ys[labels == k], xs[labels == k]] = 1
+        part = cv2.morphologyEx(part, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+        n, lbl, stats, _ = cv2.connectedComponentsWithStats(part, connectivity=8)
+        if n > 1:
+            biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+            parts.append(lbl == biggest)
+    return parts if len(parts) == 2 else [comp]
+
+
+def analyse_scene(bgr: np.ndarray, params: Optional[SegmentationParams] = None) -> SceneAnalysis:
+    """Segment the objects on the table in a BGR head image."""
+    params = params or SegmentationParams()
+    h, w = bgr.shape[:2]
+    scale = (h * w) / (480.0 * 640.0)
+    min_area = max(12, int(params.min_area * scale))
+    rng = np.random.default_rng(0)
+    lab = cv2.cvtColor(cv2.medianBlur(bgr[..., :3], 5).astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
+    modes = _table_modes(lab)
+    table = np.zeros((h, w), bool)
+    for member in modes:
+        fitted = _fit_field(lab, member, rng)
+        for _ in range(2):
+            dist = _distance(lab, fitted)
+            d_in = dist[member]
+            mad = float(np.median(np.abs(d_in - np.median(d_in)))) if d_in.size else 0.0
+            thr = max(params.min_threshold, float(np.median(d_in)) + params.mad_factor * 1.4826 * mad)
+            member = dist < thr
+            fitted = _fit_field(lab, member, rng)
+        table |= _distance(lab, fitted) < thr
+    # Table region: convex hull of the largest table component.
+    closed = cv2.morphologyEx(table.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
+    n, lbl, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8)
+    region = np.zeros((h, w), np.uint8)
+    if n > 1:
+        biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        pts = cv2.findNonZero((lbl == biggest).astype(np.uint8))
+        cv2.fillPoly(region, [cv2.convexHull(pts)], 1)
+    gl = cv2.GaussianBlur(lab, (0, 0), 1.0)
+    grad = np.zeros((h, w), np.float32)
+    for c, wgt in ((0, _L_W), (1, 1.0), (2, 1.0)):
+        gx = cv2.Sobel(gl[..., c], cv2.CV_32F, 1, 0, ksize=3) / 8.0
+        gy = cv2.Sobel(gl[..., c], cv2.CV_32F, 0, 1, ksize=3) / 8.0
+        grad = np.maximum(grad, wgt * np.hypot(gx, gy))
+    grad = cv2.dilate(grad, np.ones((5, 5), np.uint8))
+    fg = (region > 0) & ~table
+    fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+    n, lbl, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    region_edge = cv2.dilate(region, np.ones((5, 5), np.uint8)) - cv2.erode(region, np.ones((5, 5), np.uint8))
+    robot = np.zeros((h, w), bool)
+    comps: list[np.ndarray] = []
+    for k in range(1, n):
+        area = int(stats[k, cv2.CC_STAT_AREA])
+        if area < min_area:
+            continue
+        comp = lbl == k
+        med = np.median(lab[comp], axis=0)
+        chroma = float(np.hypot(med[1], med[2]))
+        x, y, bw, bh = stats[k, :4]
+        at_border = x <= 1 or y <= 1 or x + bw >= w - 1 or y + bh >= h - 1
+        at_edge = bool((region_edge[comp] > 0).mean() > 0.02)
+        if area > params.max_area_frac * h * w or (chroma < params.arm_chroma and (at_border or at_edge)):
+            robot |= comp
+            continue
+        if at_border:  # cut by the image border: not a graspable object in view
+            continue
+        boundary = comp & ~cv2.erode(comp.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        if float(grad[boundary].mean()) < params.min_edge_contrast:  # smooth blotch of table texture
+            continue
+        comps.extend(_split_component(lab, comp, params))
+    objects: list[DetectedObject] = []
+    for comp in comps:
+        area = int(comp.sum())
+        if area < min_area:
+            continue
+        ys, xs = np.nonzero(comp)
+        pix = lab[comp]
+        lit = pix[pix[:, 0] >= np.percentile(pix[:, 0], 50)]  # lit faces name the colour best
+        med = np.median(lit, axis=0)
+        mask_u8 = comp.astype(np.uint8)
+        objects.append(DetectedObject(
+            index=len(objects),
+            bbox=(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1),
+            area=area,
+            centroid=(float(xs.mean()), float(ys.mean())),
+            lab=(float(med[0]), float(med[1]), float(med[2])),
+            colour=name_colour(med),
+            shape=_shape_name(mask_u8),
+            mask=comp,
+        ))
+    _crowding(objects, robot, h, w)
+    return SceneAnalysis(objects, table, region > 0, robot, w, h)
+
+
+def _crowding(objects: list[DetectedObject], robot: np.ndarray, h: int, w: int) -> None:
+    """Fraction of a ring around each object that other objects or the robot occupy."""
+    occupancy = np.zeros((h, w), np.int32)
+    for obj in objects:
+        occupancy[obj.mask] = obj.index + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (25, 25))
+    for obj in objects:
+        ring = cv2.dilate(obj.mask.astype(np.uint8), kernel).astype(bool) & ~obj.mask
+        if not ring.any():
+            continue
+        others = ((occupancy[ring] > 0) & (occupancy[ring] != obj.index + 1)) | robot[ring]
+        obj.crowding = float(others.mean())

@@ -1,0 +1,301 @@
+"""Answers to the planner tasks, computed with classical vision (no VLM).
+
+The server sees exactly what a VLM would see: the prompt text and the images. The task is
+read from the prompt's first line (``Task: <name>``); the user prompt, instruction, optional
+pre-grasp box and coordinate convention are read from the prompt's own sentences.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+
+from planner.server.segmentation import DetectedObject, SceneAnalysis, analyse_scene
+from planner.server.vocab import (
+    ACHROMATIC,
+    ORDINAL_NAMES,
+    PALETTE_LAB,
+    PALETTE_NAMES,
+    ParsedText,
+    colour_distance,
+    parse_text,
+)
+
+TASKS = ("understand_prompt", "propose_instruction", "predict_bbox", "verify_grasp", "check_completion")
+_TASK_LINE = re.compile(r"^\s*Task:\s*([a-z_]+)\s*$", re.IGNORECASE | re.MULTILINE)
+_USER_PROMPT = re.compile(r"^\s*User prompt:\s*(.+)$", re.MULTILINE)
+_INSTRUCTION = re.compile(r"^\s*Grasping instruction:\s*(.+)$", re.MULTILINE)
+_PRE_BOX = re.compile(r"box\s*\[\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*\]")
+_NORMALISED = re.compile(r"normali[sz]ed to 0\s*[-\u2013]\s*1000", re.IGNORECASE)
+
+MIN_IMAGES = {"understand_prompt": 0, "propose_instruction": 2, "predict_bbox": 1,
+              "verify_grasp": 2, "check_completion": 2}
+
+
+class TaskError(ValueError):
+    """The request is well-formed JSON but not a planner prompt this server can answer."""
+
+
+@dataclass
+class TaskRequest:
+    """The parts of a chat request the task handlers use."""
+
+    task: str
+    text: str
+    images: list[np.ndarray]
+
+
+def recognise_task(text: str) -> str:
+    """Return the task named on a ``Task: <name>`` line; ``TaskError`` if absent or unknown."""
+    match = _TASK_LINE.search(text or "")
+    if match is None:
+        raise TaskError("the prompt has no 'Task: <name>' line; this offline planner answers "
+                        f"only DexGraspVLA planner prompts ({', '.join(TASKS)})")
+    task = match.group(1).lower()
+    if task not in TASKS:
+        raise TaskError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+    return task
+
+
+def _field(pattern: re.Pattern, text: str, name: str) -> str:
+    match = pattern.search(text)
+    if match is None:
+        raise TaskError(f"the prompt lacks the '{name}:' line")
+    return match.group(1).strip()
+
+
+def _matches(obj: DetectedObject, parsed: ParsedText) -> bool:
+    if parsed.colours and obj.colour not in parsed.colours:
+        return False
+    if parsed.shapes and obj.shape not in parsed.shapes:
+        return False
+    return True
+
+
+def _targets(scene: SceneAnalysis, parsed: ParsedText) -> list[DetectedObject]:
+    if not parsed.has_filter:
+        return list(scene.objects)
+    if parsed.colours and parsed.shapes:
+        # "red cubes" means red and cube-like; shape naming is rough, so fall back to colour only.
+        both = [o for o in scene.objects if _matches(o, parsed)]
+        if both:
+            return both
+        return [o for o in scene.objects if o.colour in parsed.colours]
+    return [o for o in scene.objects if _matches(o, parsed)]
+
+
+def _where(obj: DetectedObject, scene: SceneAnalysis) -> str:
+    side = {"left": "on the left side", "right": "on the right side", "middle": "in the middle"}
+    text = side[obj.horizontal(scene.width)] + " of the table"
+    depth = obj.depth(scene.height)
+    if depth == "front":
+        text += ", near the front"
+    elif depth == "back":
+        text += ", towards the back"
+    return text
+
+
+def choose_next(scene: SceneAnalysis, candidates: list[DetectedObject], max_crowding: float = 0.25) -> Optional[DetectedObject]:
+    """The rightmost candidate that is not hemmed in (or the rightmost if all are)."""
+    if not candidates:
+        return None
+    ordered = sorted(candidates, key=lambda o: -o.centroid[0])
+    free = [o for o in ordered if o.crowding <= max_crowding]
+    return (free or ordered)[0]
+
+
+def describe(obj: DetectedObject, scene: SceneAnalysis) -> str:
+    """A grasp instruction naming colour, shape and position, unambiguous within the scene."""
+    twins = sorted([o for o in scene.objects if o.colour == obj.colour and o.shape == obj.shape],
+                   key=lambda o: -o.centroid[0])
+    if len(twins) == 1:
+        return f"Grasp the {obj.label} {_where(obj, scene)}."
+    rank = twins.index(obj) + 1
+    if rank == 1:
+        return f"Grasp the rightmost {obj.label}, {_where(obj, scene)}."
+    if rank == len(twins):
+        return f"Grasp the leftmost {obj.label}, {_where(obj, scene)}."
+    return f"Grasp the {ORDINAL_NAMES.get(rank, str(rank) + 'th')} {obj.label} from the right, {_where(obj, scene)}."
+
+
+def locate(scene: SceneAnalysis, parsed: ParsedText) -> Optional[DetectedObject]:
+    """The detected object that best fits a parsed instruction."""
+    if not scene.objects:
+        return None
+    scores = []
+    for obj in scene.objects:
+        score = 0.0
+        if parsed.colours:
+            if obj.colour in parsed.colours:
+                score += 3.0
+            else:
+                near = min(colour_distance(np.array(obj.lab), c) for c in parsed.colours)
+                score += 1.5 * max(0.0, 1.0 - near / 60.0)
+        if parsed.shapes and obj.shape in parsed.shapes:
+            score += 1.0
+        scores.append(score)
+    best = max(scores)
+    cands = [o for o, s in zip(scene.objects, scores) if s >= best - 0.25]
+    if parsed.ordinal and parsed.ordinal_from:
+        ordered = sorted(cands, key=lambda o: o.centroid[0], reverse=parsed.ordinal_from == "right")
+        return ordered[min(parsed.ordinal, len(ordered)) - 1]
+    if parsed.horizontal == "right":
+        return max(cands, key=lambda o: o.centroid[0])
+    if parsed.horizontal == "left":
+        return min(cands, key=lambda o: o.centroid[0])
+    if parsed.horizontal == "middle":
+        return min(cands, key=lambda o: abs(o.centroid[0] - scene.width / 2))
+    if parsed.depth == "front":
+        return max(cands, key=lambda o: o.centroid[1])
+    if parsed.depth == "back":
+        return min(cands, key=lambda o: o.centroid[1])
+    return max(cands, key=lambda o: o.area)
+
+
+def colour_fraction(bgr: np.ndarray, colour: Optional[str], exclude_lab: Optional[np.ndarray] = None) -> float:
+    """Largest connected region (fraction of the image) whose pixels are named ``colour``.
+
+    With ``colour=None`` any clearly coloured pixel counts. Pixels close to ``exclude_lab``
+    (the table colour) are ignored.
+    """
+    small = cv2.resize(bgr[..., :3], (160, 120), interpolation=cv2.INTER_AREA)
+    lab = cv2.cvtColor(cv2.medianBlur(small, 3).astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
+    chroma = np.hypot(lab[..., 1], lab[..., 2])
+    if colour is None:
+        mask = chroma > 20
+    else:
+        d = lab[..., None, :] - PALETTE_LAB[None, None]
+        d[..., 0] *= 0.45
+        dist = np.sqrt((d ** 2).sum(-1))
+        achro = np.array([n in ACHROMATIC for n in PALETTE_NAMES])
+        dist = np.where((chroma > 18)[..., None] & achro[None, None], np.inf, dist)
+        dist = np.where((chroma < 8)[..., None] & ~achro[None, None], np.inf, dist)
+        mask = np.argmin(dist, -1) == PALETTE_NAMES.index(colour)
+    if exclude_lab is not None:
+        dt = lab - exclude_lab[None, None]
+        mask &= np.sqrt(0.16 * dt[..., 0] ** 2 + dt[..., 1] ** 2 + dt[..., 2] ** 2) > 12
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return 0.0
+    return float(stats[1:, cv2.CC_STAT_AREA].max()) / mask.size
+
+
+def _json(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def answer(request: TaskRequest) -> str:
+    """Compute the reply text (a JSON object, as the prompt asks) for a planner request."""
+    need = MIN_IMAGES[request.task]
+    if len(request.images) < need:
+        raise TaskError(f"task {request.task} needs {need} image(s), got {len(request.images)}")
+    handler = {
+        "understand_prompt": _understand,
+        "propose_instruction": _propose,
+        "predict_bbox": _bbox,
+        "verify_grasp": _verify,
+        "check_completion": _completion,
+    }[request.task]
+    return _json(handler(request))
+
+
+def _understand(req: TaskRequest) -> dict[str, Any]:
+    prompt = _field(_USER_PROMPT, req.text, "User prompt")
+    parsed = parse_text(prompt)
+    if not parsed.has_filter:
+        targets = ["all objects"]
+        if req.images:
+            targets = [o.label for o in analyse_scene(req.images[0]).objects] or targets
+        return {"reasoning": "The prompt asks for every object on the table.", "targets": targets, "all_objects": True}
+    words = [" ".join(filter(None, [c, s])) for c in (parsed.colours or [""]) for s in (parsed.shapes or ["object"])]
+    targets = words
+    if req.images:
+        found = [o.label for o in _targets(analyse_scene(req.images[0]), parsed)]
+        targets = found or words
+    return {"reasoning": f"The prompt restricts the targets to: {', '.join(words)}.", "targets": targets,
+            "all_objects": False}
+
+
+def _propose(req: TaskRequest) -> dict[str, Any]:
+    parsed = parse_text(_field(_USER_PROMPT, req.text, "User prompt"))
+    scene = analyse_scene(req.images[1])
+    chosen = choose_next(scene, _targets(scene, parsed))
+    if chosen is None:
+        return {"reasoning": "No object that the prompt asks for is left on the table.", "target": None,
+                "instruction": "No target object is left on the table."}
+    others = len(scene.objects) - 1
+    return {
+        "reasoning": f"{len(scene.objects)} object(s) visible; the {chosen.label} is the rightmost "
+                     f"reachable target (crowding {chosen.crowding:.2f}, {others} other object(s)).",
+        "target": chosen.label,
+        "instruction": describe(chosen, scene),
+    }
+
+
+def _bbox(req: TaskRequest) -> dict[str, Any]:
+    instruction = _field(_INSTRUCTION, req.text, "Grasping instruction")
+    image = req.images[0]
+    scene = analyse_scene(image)
+    obj = locate(scene, parse_text(instruction))
+    if obj is None:
+        return {"bbox_2d": None, "label": "", "description": "No object matching the instruction is visible."}
+    x1, y1, x2, y2 = obj.bbox
+    if _NORMALISED.search(req.text):
+        h, w = image.shape[:2]
+        box = [round(x1 * 1000 / w), round(y1 * 1000 / h), round(x2 * 1000 / w), round(y2 * 1000 / h)]
+    else:
+        box = [x1, y1, x2, y2]
+    return {"bbox_2d": box, "label": obj.label, "description": f"A {obj.label} {_where(obj, scene)}."}
+
+
+def _verify(req: TaskRequest) -> dict[str, Any]:
+    parsed = parse_text(_field(_INSTRUCTION, req.text, "Grasping instruction"))
+    head, wrist = req.images[0], req.images[1]
+    scene = analyse_scene(head)
+    colour = parsed.colours[0] if parsed.colours else None
+    box_match = _PRE_BOX.search(req.text)
+    still_there = False
+    if box_match:
+        bx1, by1, bx2, by2 = (int(v) for v in box_match.groups())
+        for obj in scene.objects:
+            if colour is not None and obj.colour != colour:
+                continue
+            ox1, oy1, ox2, oy2 = obj.bbox
+            ix = max(0, min(ox2, bx2) - max(ox1, bx1))
+            iy = max(0, min(oy2, by2) - max(oy1, by1))
+            inter = ix * iy
+            union = (ox2 - ox1) * (oy2 - oy1) + (bx2 - bx1) * (by2 - by1) - inter
+            if union > 0 and inter / union > 0.3:
+                still_there = True
+    table_lab = None
+    if scene.table_mask.any():
+        lab = cv2.cvtColor(head[..., :3].astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
+        table_lab = np.median(lab[scene.table_mask], axis=0)
+    frac = colour_fraction(wrist, colour, table_lab)
+    held = frac > 0.03
+    name = colour + " object" if colour else "target"
+    if still_there:
+        reasoning = f"The {name} is still lying at its original place on the table."
+    elif held:
+        reasoning = f"The {name} fills {frac:.0%} of the wrist view, between the fingers, and is gone from the table."
+    else:
+        reasoning = f"The wrist view shows no {name} in the hand ({frac:.1%} of the view)."
+    return {"reasoning": reasoning, "success": bool(held and not still_there)}
+
+
+def _completion(req: TaskRequest) -> dict[str, Any]:
+    parsed = parse_text(_field(_USER_PROMPT, req.text, "User prompt"))
+    initial = _targets(analyse_scene(req.images[0]), parsed)
+    remaining = _targets(analyse_scene(req.images[1]), parsed)
+    what = "target objects" if parsed.has_filter else "objects"
+    if remaining:
+        reasoning = (f"{len(remaining)} of the {what} remain on the table "
+                     f"(there were {len(initial)} at the start).")
+    else:
+        reasoning = f"No {what} remain on the table (there were {len(initial)} at the start)."
+    return {"reasoning": reasoning, "remaining": [o.label for o in remaining], "done": not remaining}

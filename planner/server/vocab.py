@@ -1,0 +1,156 @@
+"""Words the offline planner speaks and understands: colours, shapes, positions.
+
+Colours are named by the nearest reference colour in CIE Lab (lightness down-weighted,
+so that shading on an object does not change its name). Text is parsed with small
+synonym tables; this is deliberately simple and predictable.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+import cv2
+import numpy as np
+
+# Reference colours (RGB 0..255). Names are the canonical words used in replies.
+PALETTE_RGB: dict[str, tuple[int, int, int]] = {
+    "red": (200, 30, 30),
+    "orange": (235, 120, 20),
+    "yellow": (230, 210, 30),
+    "green": (40, 160, 50),
+    "cyan": (30, 190, 200),
+    "blue": (30, 70, 200),
+    "purple": (120, 40, 170),
+    "pink": (240, 140, 190),
+    "magenta": (217, 25, 166),
+    "lime": (165, 242, 64),
+    "navy": (13, 20, 102),
+    "brown": (120, 70, 30),
+    "white": (235, 235, 235),
+    "grey": (128, 128, 128),
+    "black": (25, 25, 25),
+}
+ACHROMATIC = {"white", "grey", "black"}
+
+COLOUR_SYNONYMS: dict[str, str] = {
+    "gray": "grey", "violet": "purple", "teal": "cyan", "turquoise": "cyan",
+    "crimson": "red", "maroon": "brown", "tan": "brown",
+    "gold": "yellow", "golden": "yellow", "silver": "grey", "dark": "", "light": "",
+}
+
+# Shape families: canonical name -> words that refer to it.
+SHAPE_WORDS: dict[str, tuple[str, ...]] = {
+    "cube": ("cube", "cubes", "box", "boxes", "block", "blocks", "cuboid", "cuboids", "brick", "bricks", "square"),
+    "ball": ("ball", "balls", "sphere", "spheres", "orb", "round"),
+    "cylinder": ("cylinder", "cylinders", "can", "cans", "bottle", "bottles", "capsule", "capsules",
+                 "ellipsoid", "ellipsoids", "egg", "eggs", "rod", "rods", "tube", "pill", "bar", "bars"),
+}
+SHAPE_OF_WORD = {word: family for family, words in SHAPE_WORDS.items() for word in words}
+
+ALL_WORDS = ("clear", "all", "everything", "every", "each", "whole", "tidy", "empty")
+ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "2nd": 2, "3rd": 3, "4th": 4}
+ORDINAL_NAMES = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth"}
+
+
+def _palette_lab() -> tuple[list[str], np.ndarray]:
+    names = list(PALETTE_RGB)
+    rgb = np.array([[PALETTE_RGB[n] for n in names]], dtype=np.float32) / 255.0
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)[0]
+    return names, lab
+
+
+PALETTE_NAMES, PALETTE_LAB = _palette_lab()
+_L_WEIGHT = 0.45
+
+
+def name_colour(lab: np.ndarray) -> str:
+    """Name a Lab colour (L 0..100, a/b about -128..127) by its nearest palette entry."""
+    lab = np.asarray(lab, dtype=np.float32)
+    chroma = float(np.hypot(lab[1], lab[2]))
+    diff = PALETTE_LAB - lab[None, :]
+    diff[:, 0] *= _L_WEIGHT
+    dist = np.sqrt((diff ** 2).sum(axis=1))
+    if chroma > 18.0:  # clearly coloured: never call it white/grey/black
+        for i, name in enumerate(PALETTE_NAMES):
+            if name in ACHROMATIC:
+                dist[i] = np.inf
+    elif chroma < 8.0:
+        for i, name in enumerate(PALETTE_NAMES):
+            if name not in ACHROMATIC:
+                dist[i] = np.inf
+        if lab[0] > 75:
+            return "white"
+        if lab[0] < 28:
+            return "black"
+        return "grey"
+    return PALETTE_NAMES[int(np.argmin(dist))]
+
+
+def colour_distance(lab: np.ndarray, name: str) -> float:
+    """Weighted Lab distance from a colour to a palette colour."""
+    ref = PALETTE_LAB[PALETTE_NAMES.index(name)]
+    diff = np.asarray(lab, dtype=np.float32) - ref
+    diff[0] *= _L_WEIGHT
+    return float(np.sqrt((diff ** 2).sum()))
+
+
+@dataclass
+class ParsedText:
+    """What a user prompt or grasping instruction says about the target objects."""
+
+    colours: list[str] = field(default_factory=list)
+    shapes: list[str] = field(default_factory=list)
+    horizontal: Optional[str] = None  # "left" | "middle" | "right"
+    depth: Optional[str] = None  # "front" | "back"
+    ordinal: Optional[int] = None  # k-th ...
+    ordinal_from: Optional[str] = None  # ... from the "left" | "right"
+    all_objects: bool = False
+
+    @property
+    def has_filter(self) -> bool:
+        """True when the text restricts the objects by colour or shape."""
+        return bool(self.colours or self.shapes)
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def parse_text(text: str) -> ParsedText:
+    """Extract colours, shapes, position words, ordinals and 'all objects' from free text."""
+    words = _WORD.findall((text or "").lower())
+    parsed = ParsedText()
+    for i, word in enumerate(words):
+        colour = COLOUR_SYNONYMS.get(word, word)
+        if colour in PALETTE_RGB and colour not in parsed.colours:
+            parsed.colours.append(colour)
+        shape = SHAPE_OF_WORD.get(word)
+        if shape and shape not in parsed.shapes:
+            parsed.shapes.append(shape)
+        if word in ORDINALS and i + 3 < len(words) + 1:
+            rest = words[i + 1:i + 6]
+            if "from" in rest:
+                after = rest[rest.index("from") + 1:]
+                side = next((w for w in after if w in ("left", "right")), None)
+                if side:
+                    parsed.ordinal, parsed.ordinal_from = ORDINALS[word], side
+        if word in ALL_WORDS:
+            parsed.all_objects = True
+    # Position: the last horizontal / depth word wins (the phrase "on the right side").
+    for word in words:
+        if word in ("right", "rightmost"):
+            parsed.horizontal = "right"
+        elif word in ("left", "leftmost"):
+            parsed.horizontal = "left"
+        elif word in ("middle", "centre", "center", "central"):
+            parsed.horizontal = "middle"
+        elif word in ("front", "near", "nearest", "closest"):
+            parsed.depth = "front"
+        elif word in ("back", "far", "rear", "behind", "farthest", "furthest"):
+            parsed.depth = "back"
+    if parsed.ordinal_from is not None:
+        parsed.horizontal = None
+    if not parsed.has_filter and ("table" in words or "objects" in words or "things" in words):
+        parsed.all_objects = True
+    return parsed

@@ -1,0 +1,1 @@
+"""Tests of the planner client and the offline planner server."""
