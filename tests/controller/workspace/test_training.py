@@ -123,3 +123,22 @@ def test_train_cli_and_ddp_two_cpu_processes(tmp_path, dataset):
 def test_bad_config_values_fail_early(dataset, tmp_path):
     with pytest.raises(ValueError, match="mixed_precision"):
         _train(tmp_path / "bad", dataset, ["training.mixed_precision=fp64"])
+
+
+def test_ema_accumulation_and_offline_wandb(tmp_path, dataset):
+    """EMA weights are saved and preferred at load; gradient accumulation halves the optimiser steps;
+    wandb in offline mode runs without any network."""
+    from controller.policy.loading import load_policy
+
+    out = tmp_path / "ema"
+    _train(out, dataset, ["training.num_epochs=1", "training.use_ema=true", "training.gradient_accumulate_every=2",
+                          "logging.mode=offline", "training.sample_every=0"])
+    latest = out / "checkpoints" / "latest"
+    assert (latest / "ema.safetensors").is_file()
+    assert json.load(open(latest / "meta.json"))["global_step"] == 9  # 18 batches / 2
+    assert any(p.name.startswith("offline-run") for p in (out / "wandb").iterdir())
+    ema_policy, _ = load_policy(str(latest), use_ema=True)
+    raw_policy, _ = load_policy(str(latest), use_ema=False)
+    ema_w = ema_policy.model.head.weight
+    raw_w = raw_policy.model.head.weight
+    assert not torch.equal(ema_w, raw_w)
