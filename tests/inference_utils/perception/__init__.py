@@ -1,0 +1,1 @@
+"""Tests of inference_utils.perception."""
