@@ -1,0 +1,143 @@
+"""Collect scripted-expert demonstrations into a zarr store in the controller's data contract.
+
+Usage::
+
+    python -m sim.collect --out data/sim_grasp.zarr --episodes 100 --split train --seed 0 [--workers 2]
+
+Episode ``i`` of a run uses scene seed ``seed + i``; failed episodes are skipped (``--keep-failed``
+keeps them) and further seeds are tried until ``--episodes`` successes are stored (at most
+``2 * episodes + 10`` attempts). Existing stores are appended to.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from tqdm import tqdm
+
+from sim.config import SPLITS, SimConfig, SimConfigError, check_split
+from sim.dataset import DatasetError, ZarrEpisodeWriter
+
+_WORKER_ENV = None
+
+
+def _episode(env, seed: int, split: str) -> dict:
+    from sim.expert import run_expert_episode
+    return run_expert_episode(env, seed, split, record=True)
+
+
+def _worker_init(config: SimConfig) -> None:
+    global _WORKER_ENV
+    from sim.env import GraspEnv
+    _WORKER_ENV = GraspEnv(config)
+
+
+def _worker_run(args: tuple[int, str]) -> dict:
+    seed, split = args
+    return _episode(_WORKER_ENV, seed, split)
+
+
+def collect(out: str, episodes: int, split: str = "train", seed: int = 0, workers: int = 1,
+            n_objects: tuple[int, int] = (4, 10), clutter: str = "normal", keep_failed: bool = False,
+            zarr_format: int = 2, progress: bool = True) -> dict:
+    """Collect ``episodes`` expert episodes into ``out``; returns a summary dict."""
+    check_split(split)
+    if episodes < 1:
+        raise SimConfigError(f"episodes must be >= 1, got {episodes}")
+    if workers < 1:
+        raise SimConfigError(f"workers must be >= 1, got {workers}")
+    if seed < 0:
+        raise SimConfigError(f"seed must be >= 0, got {seed}")
+    config = SimConfig(n_objects=tuple(n_objects), clutter=clutter, split=split)
+    writer = ZarrEpisodeWriter(out, (config.image_height, config.image_width), zarr_format=zarr_format)
+    max_attempts = 2 * episodes + 10
+    jobs = [(seed + i, split) for i in range(max_attempts)]
+    stored, failed, seeds_used, lengths = 0, [], [], []
+    t0 = time.time()
+    bar = tqdm(total=episodes, desc=f"collect {split}", unit="ep", disable=not progress)
+    # compression + writing of episode k overlaps the simulation of episode k+1 (one in flight)
+    io_pool = ThreadPoolExecutor(max_workers=1)
+    pending = []
+
+    def consume(result: dict) -> bool:
+        nonlocal stored
+        if result["success"] or keep_failed:
+            if pending:
+                pending.pop().result()
+            pending.append(io_pool.submit(writer.append_episode, result.pop("frames")))
+            stored += 1
+            seeds_used.append(result["seed"])
+            lengths.append(result["steps"])
+            bar.update(1)
+        if not result["success"]:
+            failed.append(result["seed"])
+        bar.set_postfix(failed=len(failed), steps=result["steps"])
+        return stored >= episodes
+
+    if workers == 1:
+        from sim.env import GraspEnv
+        with GraspEnv(config) as env:
+            for job in jobs:
+                if consume(_episode(env, *job)):
+                    break
+    else:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(workers, initializer=_worker_init, initargs=(config,)) as pool:
+            for result in pool.imap(_worker_run, jobs):
+                if consume(result):
+                    break
+            pool.terminate()
+    for fut in pending:
+        fut.result()
+    io_pool.shutdown()
+    bar.close()
+    elapsed = time.time() - t0
+    summary = {"out": str(out), "split": split, "stored": stored, "failed_seeds": failed,
+               "seeds": seeds_used, "mean_steps": float(sum(lengths) / max(len(lengths), 1)),
+               "total_episodes_in_store": writer.n_episodes, "total_frames_in_store": writer.n_frames,
+               "elapsed_s": elapsed, "episodes_per_min": 60.0 * (stored + len(failed)) / max(elapsed, 1e-9),
+               "n_objects": list(n_objects), "clutter": clutter, "keep_failed": keep_failed}
+    writer.add_note({k: summary[k] for k in ("split", "stored", "seeds", "failed_seeds", "n_objects", "clutter")})
+    if stored < episodes:
+        print(f"warning: only {stored}/{episodes} successful episodes after {max_attempts} attempts",
+              file=sys.stderr)
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of ``python -m sim.collect``."""
+    p = argparse.ArgumentParser(prog="python -m sim.collect", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output zarr store (appended to if it exists)")
+    p.add_argument("--episodes", type=int, required=True, help="successful episodes to store")
+    p.add_argument("--split", default="train", help=f"one of: {', '.join(SPLITS)}")
+    p.add_argument("--seed", type=int, default=0, help="first scene seed")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--objects", type=int, nargs=2, metavar=("MIN", "MAX"), default=(4, 10),
+                   help="objects per scene (inclusive range)")
+    p.add_argument("--clutter", default="normal", help="sparse | normal | dense")
+    p.add_argument("--keep-failed", action="store_true", help="also store failed episodes")
+    p.add_argument("--zarr-format", type=int, choices=(2, 3), default=2, help="format of a new store")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        check_split(args.split)
+        s = collect(args.out, args.episodes, args.split, args.seed, args.workers, tuple(args.objects),
+                    args.clutter, args.keep_failed, args.zarr_format)
+    except (SimConfigError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"stored {s['stored']} episodes ({len(s['failed_seeds'])} failed) in {s['elapsed_s']:.1f} s "
+          f"({s['episodes_per_min']:.1f} episodes/min, mean {s['mean_steps']:.0f} steps); "
+          f"store now has {s['total_episodes_in_store']} episodes / {s['total_frames_in_store']} frames")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Scripted grasping expert: IK to a pre-grasp above the target, align with its narrow side,
+descend, close the hand and lift.
+
+The expert plans from the ground-truth scene when the episode starts (or the target changes) and
+then emits one 13-D joint target per control step (``act(env)``), so collection, the success
+benchmark and tests share it. Its action sequence is a deterministic function of the scene.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from inference_utils.robot_spec import normalize_arm
+from sim.kinematics import ArmIK, topdown_rotation
+from sim.robot_model import HOME_ARM_Q
+
+
+def _wrap(a: float) -> float:
+    return (a + math.pi) % (2 * math.pi) - math.pi
+
+
+def _min_jerk(s: float) -> float:
+    s = min(max(s, 0.0), 1.0)
+    return s * s * s * (10 - 15 * s + 6 * s * s)
+
+
+def _quat_yaw(q: np.ndarray) -> float:
+    w, x, y, z = q
+    return math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+
+
+@dataclass
+class ExpertTiming:
+    """Phase lengths in control steps (20 Hz) and heights in metres."""
+
+    approach: int = 24  # nominal; the actual count scales with the distance to the pre-grasp
+    approach_speed: float = 0.012  # metres per step used to size the approach
+    descend: int = 14
+    close: int = 8
+    settle: int = 4
+    lift: int = 20
+    pre_height: float = 0.10
+    lift_height: float = 0.17
+    min_grasp_z: float = 0.042
+
+
+class ScriptedExpert:
+    """Step-by-step scripted grasp policy for :class:`sim.GraspEnv`.
+
+    Usage::
+
+        expert = ScriptedExpert()
+        obs, info = env.reset(seed=3)
+        while True:
+            obs, r, term, trunc, info = env.step(expert.act(env))
+            if term or trunc: break
+    """
+
+    def __init__(self, timing: ExpertTiming | None = None) -> None:
+        self.timing = timing or ExpertTiming()
+        self._key = None
+        self._ik: ArmIK | None = None
+        self._ik_model = None
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, env) -> None:
+        """(Re)plan for the env's current scene and target from the current hand pose."""
+        if self._ik_model is not env.model:
+            self._ik = ArmIK(env.model)
+            self._ik_model = env.model
+        tm = self.timing
+        spec = env.scene.objects[env.target]
+        pos, quat = env.object_pose(env.target)
+        g = spec.grasp_yaw - spec.yaw + _quat_yaw(quat)
+        p0, r0 = env.grasp_pose()
+        yaw0 = math.atan2(r0[1, 0], r0[0, 0])
+        cands = [g, g + math.pi]
+        psi = min(cands, key=lambda c: abs(_wrap(c - yaw0)))
+        self._yaw0, self._dyaw = yaw0, _wrap(psi - yaw0)
+        gz = max(float(pos[2]), tm.min_grasp_z)
+        self._p0 = p0
+        self._pre = np.array([pos[0], pos[1], gz + tm.pre_height])
+        self._grasp = np.array([pos[0], pos[1], gz])
+        self._lift = self._grasp + np.array([0.0, 0.0, tm.lift_height])
+        dist = float(np.linalg.norm(self._pre - p0)) + 0.05 * abs(self._dyaw)
+        self._n_approach = int(np.clip(round(dist / tm.approach_speed), tm.approach - 8, tm.approach + 10))
+        self._q = env.arm_qpos()
+        self._hand0 = env.hand_state()
+        self._t = 0
+        self._key = (id(env.model), env.target)
+
+    def _pose_at(self, t: int) -> tuple[np.ndarray, float, np.ndarray]:
+        """Cartesian grasp-point target, yaw and hand command for step ``t`` of the plan."""
+        tm = self.timing
+        open_hand = np.ones(6)
+        t1 = self._n_approach
+        t2 = t1 + tm.descend
+        t3 = t2 + tm.close
+        t4 = t3 + tm.settle
+        t5 = t4 + tm.lift
+        yaw_end = self._yaw0 + self._dyaw
+        if t < t1:
+            s = _min_jerk((t + 1) / t1)
+            hand = open_hand.copy()
+            hand[5] = 1.0 - s
+            hand[:5] = self._hand0[:5] + (1.0 - self._hand0[:5]) * s
+            return self._p0 + s * (self._pre - self._p0), self._yaw0 + s * self._dyaw, hand
+        hand = open_hand.copy()
+        hand[5] = 0.0
+        if t < t2:
+            s = _min_jerk((t - t1 + 1) / tm.descend)
+            return self._pre + s * (self._grasp - self._pre), yaw_end, hand
+        if t < t4:
+            s = min(1.0, (t - t2 + 1) / tm.close)
+            hand[:5] = 1.0 - s
+            return self._grasp, yaw_end, hand
+        hand[:5] = 0.0
+        s = _min_jerk((t - t4 + 1) / tm.lift) if t < t5 else 1.0
+        return self._grasp + s * (self._lift - self._grasp), yaw_end, hand
+
+    @property
+    def total_steps(self) -> int:
+        """Steps until the lift is complete (the expert then holds)."""
+        tm = self.timing
+        n = getattr(self, "_n_approach", tm.approach)
+        return n + tm.descend + tm.close + tm.settle + tm.lift
+
+    # ------------------------------------------------------------------ acting
+    def act(self, env) -> np.ndarray:
+        """The next 13-D joint target (normalised arm + hand) for ``env``."""
+        if self._key != (id(env.model), env.target) or env.steps == 0 and self._t > 0:
+            self.plan(env)
+        pos, yaw, hand = self._pose_at(self._t)
+        q, _ = self._ik.solve(self._q, pos, topdown_rotation(yaw), q_posture=HOME_ARM_Q, iters=40)
+        self._q = q
+        self._t += 1
+        return np.concatenate([normalize_arm(q), hand]).astype(np.float32)
+
+
+def run_expert_episode(env, seed: int, split: str = "train", expert: ScriptedExpert | None = None,
+                       record: bool = False) -> dict:
+    """Run one expert episode; returns success, steps and (if ``record``) the frames and actions."""
+    expert = expert or ScriptedExpert()
+    obs, info = env.reset(seed=seed, split=split)
+    frames = {"right_cam_img": [], "rgbm": [], "right_state": [], "action": []}
+    while True:
+        action = expert.act(env)
+        if record:
+            for k in ("right_cam_img", "rgbm", "right_state"):
+                frames[k].append(obs[k])
+            frames["action"].append(action)
+        obs, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            break
+    out = {"seed": seed, "split": split, "success": bool(info["success"]), "steps": env.steps,
+           "target_lift_m": info["target_lift_m"], "target_shape": env.scene.objects[env.target].shape}
+    if record:
+        out["frames"] = frames
+    return out
