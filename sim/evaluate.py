@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--execute", type=int, default=6, help="actions executed per predicted chunk")
     p.add_argument("--objects", type=int, nargs=2, metavar=("MIN", "MAX"), default=(4, 10))
     p.add_argument("--out", default="outputs/sim_eval", help="directory for videos and summaries")
+    p.add_argument("--time-limit", type=float, default=None, help="episode time limit in seconds (default: SimConfig)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     splits = list(SPLITS) if args.split == ["all"] else args.split
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in splits:
             check_split(s)
         config = SimConfig(n_objects=tuple(args.objects))
+        if args.time_limit is not None:
+            config = config.with_(time_limit_s=float(args.time_limit))
     except SimConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

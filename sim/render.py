@@ -18,7 +18,23 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _preload_triton() -> None:
+    """Load triton (if installed) before the first GL context.
+
+    Mesa's software rasteriser (llvmpipe) and triton each bring an LLVM; when triton is loaded
+    *after* a Mesa context exists -- which happens when torch imports ``torch._dynamo``, e.g. via
+    diffusers -- the process segfaults. Loading triton first avoids the clash. Costs ~0.3 s once.
+    """
+    import importlib.util
+    if importlib.util.find_spec("triton") is not None:
+        try:
+            import triton  # noqa: F401
+        except Exception:  # pragma: no cover - a broken triton must not break rendering
+            pass
+
+
 def _make_gl_context(width: int, height: int):
+    _preload_triton()
     try:
         from mujoco import gl_context
         ctx = gl_context.GLContext(width, height)
