@@ -1,0 +1,79 @@
+"""Command line of ``inference.py``: reference-style flags plus Hydra overrides.
+
+Examples::
+
+    python inference.py --prompt "clear the table" --non_interactive controller.type=expert
+    python inference.py --manual --bbox 300,200,380,260 controller.checkpoint=ckpt/latest
+    python inference.py robot=real controller.checkpoint=ckpt/latest planner.base_url=http://gpu:8000/v1 \\
+        --save_deployment_data --gen_attn_map
+
+Flags are parsed with argparse; every other argument must be a Hydra override ``key=value``
+applied to ``inference_utils/config/inference.yaml``.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Optional, Sequence
+
+from omegaconf import OmegaConf, open_dict
+
+from inference_utils.runtime.config import ConfigError, compose_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flag parser (Hydra overrides are passed through)."""
+    parser = argparse.ArgumentParser(
+        prog="inference.py", description="DexGraspVLA inference loop (planner + controller).",
+        epilog="Any other argument is a Hydra override, e.g. robot=real controller.checkpoint=DIR "
+               "planner.base_url=http://HOST:PORT/v1 sim.n_objects=[2,2] loop.max_attempts=5")
+    parser.add_argument("--manual", action="store_true", help="operator marks the box; no planner")
+    parser.add_argument("--save_deployment_data", action="store_true", help="write HDF5 + MP4 per attempt")
+    parser.add_argument("--gen_attn_map", action="store_true", help="save controller attention maps")
+    parser.add_argument("--prompt", default=None, help="user instruction (planner mode)")
+    parser.add_argument("--bbox", default=None, help="manual box x1,y1,x2,y2 in head-image pixels")
+    parser.add_argument("--non_interactive", "--yes", action="store_true",
+                        help="never read the terminal (scripts, CI)")
+    parser.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    return parser
+
+
+def _raise_interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Optional[Sequence[str]] = None, events: Sequence = ()) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run a session, return the exit code."""
+    from inference_utils.runtime.session import EXIT_CONFIG, run_session  # noqa: PLC0415
+
+    args, overrides = build_parser().parse_known_args(argv)
+    try:
+        cfg = compose_config(overrides)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    with open_dict(cfg):
+        if args.manual:
+            cfg.mode = "manual"
+        for key in ("save_deployment_data", "gen_attn_map", "non_interactive"):
+            if getattr(args, key):
+                cfg[key] = True
+        if args.prompt is not None:
+            cfg.prompt = args.prompt
+        if args.bbox is not None:
+            cfg.bbox = args.bbox
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread (e.g. called from a test worker)
+        pass
+    try:
+        code, _ = run_session(cfg, events=events)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return code

@@ -1,0 +1,192 @@
+"""One inference run: validate, build, connect, loop, and always stop cleanly.
+
+Exit codes: 0 the run ended normally (prompt completed, attempt limit, manual attempts done);
+1 a fault (device stopped answering, exception anywhere in the loop); 2 invalid configuration
+(nothing connected or moved); 130 interrupted (Ctrl-C / SIGTERM).
+
+On a fault or an interrupt the arm is held where it is, the hand keeps its last target (nothing
+is opened), the cause is logged, every device is disconnected and ``summary.json`` is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from inference_utils.runtime.config import ConfigError, parse_bbox, validate_config
+
+EXIT_OK, EXIT_FAULT, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _console():
+    from rich.console import Console  # noqa: PLC0415
+
+    return Console(stderr=True)
+
+
+def print_summary(summary: dict) -> None:
+    """Print the run summary as a rich table."""
+    from rich.table import Table  # noqa: PLC0415
+
+    console = _console()
+    if summary["status"] == "config_error":
+        console.print(f"[bold red]configuration error:[/bold red] {summary['error']}", markup=True, highlight=False)
+        console.print(f"log directory: {summary['log_dir']}")
+        return
+    table = Table(title=f"DexGraspVLA run: {summary['status']} "
+                        f"({summary['objects_grasped']} grasped / {summary['attempts']} attempts)")
+    for column in ("#", "target", "box", "status", "success", "verif.", "chunks", "time (s)"):
+        table.add_column(column)
+    for o in summary["outcomes"]:
+        table.add_row(str(o["index"]), str(o["target"] or o["instruction"])[:40], str(o["box"]), o["status"],
+                      "yes" if o["success"] else "no", str(o["verifications"]), str(o["chunks"]),
+                      f"{o['duration_s']:.1f}")
+    console.print(table)
+    console.print(f"log directory: {summary['log_dir']}")
+    if summary.get("error"):
+        console.print(f"[bold red]{summary['error']}[/bold red]", markup=True, highlight=False)
+
+
+def _build(cfg: DictConfig, log: Any) -> tuple[Any, Any]:
+    """Environment + Agent (validates device, simulator, perception, controller, planner)."""
+    from inference_utils.devices import sim_devices  # noqa: F401,PLC0415 - registers the 'sim' devices
+    from inference_utils.perception import build_segmenter, build_tracker  # noqa: PLC0415
+    from inference_utils.runtime.agent import Agent, build_planner  # noqa: PLC0415
+    from inference_utils.runtime.controllers import build_controller  # noqa: PLC0415
+    from inference_utils.runtime.environment import Environment  # noqa: PLC0415
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    env = Environment(plain["robot"], plain["sim"], plain["loop"]["control_hz"], log.logger)
+    segmenter = build_segmenter(plain["perception"])
+    tracker = build_tracker(plain["perception"])
+    with log.timed("controller.load"):
+        controller = build_controller(plain["controller"], env)
+    planner = build_planner(plain["planner"], log.planner_dir) if cfg.mode == "planner" else None
+    return env, Agent(log, controller, segmenter, tracker, planner)
+
+
+def _manual_callbacks(cfg: DictConfig, log: Any) -> tuple[Callable, Callable]:
+    from inference_utils.runtime import operator  # noqa: PLC0415
+
+    fixed = parse_bbox(cfg.bbox)
+
+    def get_box(head: Any) -> Optional[list[float]]:
+        if fixed is not None:
+            return fixed
+        if not operator.has_display():
+            raise ConfigError("bbox: no display for the box window; pass --bbox x1,y1,x2,y2")
+        return operator.select_box(head)
+
+    def next_attempt(index: int) -> bool:
+        if cfg.non_interactive:
+            return index < int(cfg.loop.manual_attempts)
+        return operator.ask("Press Enter to start an attempt (q to quit): ").lower() not in ("q", "quit")
+
+    return get_box, next_attempt
+
+
+def run_session(cfg: DictConfig, events: Sequence[Callable[[str, dict], None]] = (),
+                console: bool = True) -> tuple[int, dict]:
+    """Run inference as configured; returns ``(exit_code, summary)``. Never raises."""
+    from inference_utils.runtime.episode_log import EpisodeLog  # noqa: PLC0415
+
+    try:
+        validate_config(cfg)
+    except ConfigError as exc:
+        _console().print(f"[bold red]configuration error:[/bold red] {exc}", markup=True, highlight=False)
+        return EXIT_CONFIG, {"status": "config_error", "error": str(exc)}
+    log = EpisodeLog(cfg.logging.root, cfg.exp_name, console=console)
+    logger = log.logger
+    logger.info("run directory %s (mode %s, robot %s)", log.dir, cfg.mode, cfg.robot.name)
+    (log.dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    summary: dict = {"status": "starting", "mode": cfg.mode, "prompt": cfg.prompt, "log_dir": str(log.dir),
+                     "error": None, "outcomes": []}
+    started = time.monotonic()
+    env = agent = recorder = loop = None
+    code = EXIT_OK
+    try:
+        env, agent = _build(cfg, log)
+    except KeyboardInterrupt:
+        summary.update(status="interrupted", error="interrupted (Ctrl-C) during set-up")
+        code = EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every set-up failure is a configuration problem
+        logger.error("configuration error (nothing connected or moved): %s: %s", type(exc).__name__, exc)
+        summary.update(status="config_error", error=f"{type(exc).__name__}: {exc}")
+        code = EXIT_CONFIG
+    if code == EXIT_OK:
+        from inference_utils.runtime import operator  # noqa: PLC0415
+        from inference_utils.runtime.loop import GraspLoop  # noqa: PLC0415
+        from inference_utils.runtime.recorder import DeploymentRecorder  # noqa: PLC0415
+
+        recorder = DeploymentRecorder(log.deployment_dir, cfg.loop.control_hz, logger) \
+            if cfg.save_deployment_data else None
+        enter = operator.EnterWatcher() if cfg.mode == "manual" and not cfg.non_interactive else None
+        loop = GraspLoop(cfg, env, agent, log, recorder, enter, events)
+        code = _run(cfg, env, loop, log, summary)
+    _shutdown(env, agent, recorder, log, summary)
+    outcomes = [dataclasses.asdict(o) for o in loop.outcomes] if loop is not None else []
+    summary.update(exit_code=code, outcomes=outcomes, attempts=len(outcomes),
+                   objects_grasped=sum(o["success"] for o in outcomes),
+                   planner_calls=list(agent.planner_calls) if agent is not None else [],
+                   duration_s=round(time.monotonic() - started, 2))
+    log.write_json("summary.json", summary)
+    log.close()
+    if console:
+        print_summary(summary)
+    return code, summary
+
+
+def _run(cfg: DictConfig, env: Any, loop: Any, log: Any, summary: dict) -> int:
+    """Connect and loop; on any failure hold the arm and report. Returns the exit code."""
+    from inference_utils.runtime import operator  # noqa: PLC0415
+
+    logger = log.logger
+    try:
+        prompt = cfg.prompt
+        if cfg.mode == "planner" and not (prompt or "").strip():
+            prompt = operator.ask("Please enter your instruction (e.g. 'clear the table'):\n>>> ")
+            if not prompt:
+                raise ConfigError("prompt: no instruction given")
+            summary["prompt"] = prompt
+        if not cfg.non_interactive and operator.ask("Press Enter to start (q to quit): ").lower() in ("q", "quit"):
+            summary["status"] = "cancelled"
+            return EXIT_OK
+        with log.timed("connect"):
+            env.connect()
+        if cfg.robot.get("home_on_start", True):
+            env.hand.open()
+            env.move_to_pose("home")
+        if cfg.mode == "planner":
+            summary["status"] = loop.run_planner(prompt)
+        else:
+            summary["status"] = loop.run_manual(*_manual_callbacks(cfg, log))
+        return EXIT_OK
+    except KeyboardInterrupt:
+        logger.error("interrupted by the operator: stopping motion")
+        summary.update(status="interrupted", error="interrupted (Ctrl-C)")
+        env.safe_stop()
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - any failure in the loop is a fault
+        logger.exception("FAULT: %s: %s -- stopping motion, holding the arm", type(exc).__name__, exc)
+        summary.update(status="fault", error=f"{type(exc).__name__}: {exc}")
+        env.safe_stop()
+        return EXIT_FAULT
+
+
+def _shutdown(env: Any, agent: Any, recorder: Any, log: Any, summary: dict) -> None:
+    """Flush the recorder, disconnect devices, close the planner; failures are logged only."""
+    steps = [("recorder", recorder and recorder.close), ("devices", env and env.disconnect),
+             ("planner", agent and agent.planner and agent.planner.close)]
+    for name, step in steps:
+        if not step:
+            continue
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001
+            log.logger.error("closing %s failed: %s", name, exc)
+            summary.setdefault("shutdown_errors", []).append(f"{name}: {exc}")
+    if recorder is not None:
+        summary["deployment_files"] = [str(p) for p in recorder.files]
+    log.logger.info("devices disconnected; run finished with status %s", summary["status"])
