@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: setup test demo train-demo bench clean-venv
+.PHONY: setup test demo clean-venv
 
 setup:
 	@bash scripts/bootstrap.sh test
@@ -13,6 +13,10 @@ setup:
 test: setup
 	@$(PY) -m pytest tests -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+# The main job on the embedded default: the full hierarchy on the simulated robot.
+demo: setup
+	@bash scripts/demo.sh $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
