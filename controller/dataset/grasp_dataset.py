@@ -12,6 +12,17 @@ Images are resized here (bilinear; mask nearest then > 0.5, see :mod:`controller
 but stay BGR and un-normalised: the policy's observation encoder does BGR->RGB, colour jitter and
 ImageNet normalisation on the device. The train/val split and ``max_train_episodes`` are drawn over
 the episodes of all ``dataset_paths`` together (seeded, by episode).
+
+With ``feature_cache_path`` (a store written by ``python -m controller.dataset.cache_features``) no
+image is read: samples carry the frozen backbones' tokens and only the head target mask::
+
+    {'obs': {'rgbm':          float32 (T, 1, h, w)  the target mask only, {0, 1},
+             'head_tokens':   float16 (T, n_head, C_head),
+             'wrist_tokens':  float16 (T, n_wrist, C_wrist),
+             'right_state':   float32 (T, 13)}, 'action': ..., 'action_is_pad': ...}
+
+When the cache holds K > 1 jittered copies per frame, each sample draws one with ``torch.randint``
+(deterministic under the training seed: workers are seeded by the DataLoader from the torch RNG).
 """
 from __future__ import annotations
 
@@ -63,14 +74,17 @@ class GraspDataset(Dataset):
         image_keys: image observations to load (subset of ``right_cam_img``, ``rgbm``).
         lowdim_keys: low-dim observations to load.
         cache_dir: optional directory for a float16 cache of resized frames (see
-            :mod:`controller.dataset.frame_cache`); None reads and resizes every time.
+            :mod:`controller.dataset.frame_cache`); None reads and resizes every time. Unused with
+            ``feature_cache_path``.
+        feature_cache_path: optional backbone-token cache (see module docstring); None loads images.
     """
 
     def __init__(self, dataset_paths: Any, shape_meta: Mapping, horizon: Optional[int] = None,
                  n_obs_steps: Optional[int] = None, seed: int = 42, val_ratio: float = 0.0,
                  max_train_episodes: Optional[int] = None, pad_action: bool = True,
                  image_keys: Sequence[str] = ("rgbm", "right_cam_img"),
-                 lowdim_keys: Sequence[str] = ("right_state",), cache_dir: Optional[str] = None):
+                 lowdim_keys: Sequence[str] = ("right_state",), cache_dir: Optional[str] = None,
+                 feature_cache_path: Optional[str] = None):
         super().__init__()
         self.shape_meta = validate_shape_meta(shape_meta, where="GraspDataset.shape_meta")
         obs_meta, act_meta = self.shape_meta["obs"], self.shape_meta["action"]
@@ -100,7 +114,8 @@ class GraspDataset(Dataset):
             raise DatasetError("GraspDataset: dataset_paths is empty; expected at least one zarr store")
         dims = {k: int(obs_meta[k]["shape"][0]) for k in self.lowdim_keys}
         dims["action"] = self.action_dim
-        keys = self.image_keys + self.lowdim_keys + ["action"]
+        self.feature_cache_path = str(feature_cache_path) if feature_cache_path else None
+        keys = ([] if self.feature_cache_path else self.image_keys) + self.lowdim_keys + ["action"]
         self.replay_buffers = [ZarrReplayBuffer.open(p, keys=keys, low_dim_dims=dims)
                                for p in self.dataset_paths]
 
@@ -114,8 +129,21 @@ class GraspDataset(Dataset):
         self.is_validation = False
         self._build_index(self.train_masks)
 
-        self.cache = None
-        if cache_dir is not None:
+        self.cache = self.features = None
+        self._want_shapes = {k: (self.n_obs_steps, *[int(s) for s in obs_meta[k]["shape"]])
+                             for k in self.image_keys + self.lowdim_keys}
+        if self.feature_cache_path:
+            from controller.dataset.cache_features import TOKEN_KEYS, FeatureCacheReader
+            self.features = FeatureCacheReader(self.feature_cache_path, self.replay_buffers)
+            mask_hw = tuple(self.features.arrays[0]["mask"].shape[2:])
+            if mask_hw != self.image_sizes.get("rgbm", mask_hw):
+                raise ShapeMetaError(f"feature cache '{self.feature_cache_path}' holds {mask_hw} masks but "
+                                     f"shape_meta expects {self.image_sizes['rgbm']} images")
+            self._want_shapes = {k: v for k, v in self._want_shapes.items() if k not in self.image_keys}
+            self._want_shapes["rgbm"] = (self.n_obs_steps, 1, *mask_hw)
+            for k in TOKEN_KEYS:
+                self._want_shapes[k] = (self.n_obs_steps, *self.features.token_shape(k))
+        elif cache_dir is not None:
             from controller.dataset.frame_cache import FrameCache
             self.cache = FrameCache(cache_dir, self.replay_buffers, self.image_sizes)
 
@@ -189,7 +217,9 @@ class GraspDataset(Dataset):
         rb = self.replay_buffers[b]
         obs_idx, act_idx, is_pad = self.samplers[b].window(local)   # (T,), (H,), (H,)
         obs: dict[str, torch.Tensor] = {}
-        for key in self.image_keys:
+        if self.features is not None:
+            self._cached_obs(obs, b, obs_idx)
+        for key in ([] if self.features is not None else self.image_keys):
             frames = [self._load_image(b, key, int(s)) for s in obs_idx]
             obs[key] = torch.from_numpy(np.stack(frames, axis=0))  # (T, C, h, w)
         for key in self.lowdim_keys:
@@ -200,11 +230,18 @@ class GraspDataset(Dataset):
         self._check_sample(sample, b)
         return sample
 
+    def _cached_obs(self, obs: dict, b: int, obs_idx: np.ndarray) -> None:
+        """Fill ``rgbm`` (mask only), ``head_tokens`` and ``wrist_tokens`` from the feature cache."""
+        fc = self.features
+        copy = int(torch.randint(fc.copies, ())) if fc.copies > 1 else 0  # one jitter draw per sample
+        obs["rgbm"] = torch.from_numpy(np.stack([fc.get(b, "mask", int(s)) for s in obs_idx]))  # (T, 1, h, w)
+        for key in ("head_tokens", "wrist_tokens"):
+            obs[key] = torch.from_numpy(np.stack([fc.get(b, key, int(s), copy) for s in obs_idx]))  # (T, n, C)
+
     def _check_sample(self, sample: Mapping[str, Any], b: int) -> None:
         """Output contract check against shape_meta (cheap tuple comparisons)."""
-        T = self.n_obs_steps
         for key, t in sample["obs"].items():
-            want = (T, *[int(s) for s in self.shape_meta["obs"][key]["shape"]])
+            want = self._want_shapes[key]
             if tuple(t.shape) != want:
                 raise ShapeMetaError(f"{self.dataset_paths[b]}: sample obs '{key}' has shape "
                                      f"{tuple(t.shape)}; shape_meta expects {want}")

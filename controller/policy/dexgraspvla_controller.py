@@ -133,7 +133,10 @@ class DexGraspVLAController(nn.Module):
             (steps, blocks, min(B, attn_map_samples), heads, N+1), ``timesteps`` (steps,),
             ``token_part_names``, ``token_part_sizes``, ``head_grid``, ``wrist_grid``.
         """
-        B = check_model_obs(obs, self.shape_meta, "predict_action obs")
+        if "head_tokens" in obs or "wrist_tokens" in obs:  # cached backbone tokens (feature cache)
+            B = self.obs_encoder.check_cached_obs(obs)
+        else:
+            B = check_model_obs(obs, self.shape_meta, "predict_action obs")
         device = self.device
         cond = self.obs_encoder(obs, training=False)  # (B, N, D)
         shape = (B, self.action_horizon, self.action_dim)
@@ -228,9 +231,14 @@ def obs_to_uint8_images(obs: Mapping[str, torch.Tensor], n: int) -> Dict[str, np
     """First ``n`` samples' model inputs as uint8 HWC images (for attention-map files).
 
     Returns rgbm (n, H, W, 4) BGR + mask 0/255, right_cam_img (n, H, W, 3) BGR, right_state (n, S).
+    Images absent from a feature-cache batch (mask-only rgbm, no wrist image) come out black.
     """
-    rgbm = obs["rgbm"][:n, 0].detach().float().cpu()                    # (n, 4, H, W)
-    wrist = obs["right_cam_img"][:n, 0].detach().float().cpu()          # (n, 3, H, W)
+    rgbm = obs["rgbm"][:n, 0].detach().float().cpu()                    # (n, 4 or 1, H, W)
+    if rgbm.shape[1] == 1:                                              # mask only: black BGR
+        rgbm = torch.cat([torch.zeros_like(rgbm).expand(-1, 3, -1, -1), rgbm], dim=1)
+    wrist = obs.get("right_cam_img")
+    wrist = (wrist[:n, 0].detach().float().cpu() if wrist is not None
+             else torch.zeros_like(rgbm[:, :3]))                         # (n, 3, H, W)
     to8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # noqa: E731
     return {"rgbm": to8(rgbm), "right_cam_img": to8(wrist),
             "right_state": obs["right_state"][:n, 0].detach().float().cpu().numpy()}

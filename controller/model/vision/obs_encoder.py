@@ -58,12 +58,16 @@ class ObsEncoder(nn.Module):
         state_hidden: hidden width of the state MLP (256).
         dropout: dropout inside the fusion MLPs (0.1).
         color_jitter: ``{brightness, contrast, saturation, hue}`` or None to disable.
+        feature_cache_path: a backbone-token cache the training data comes from (see
+            :mod:`controller.dataset.cache_features`). Refused at build time if a backbone is
+            trainable; checked against these backbones (model, image size, weight hash) the first
+            time cached tokens are fed (i.e. at the first training step, after any checkpoint load).
     """
 
     def __init__(self, shape_meta: Mapping, head: Mapping, wrist: Mapping,
                  feature_dim: Optional[int] = None, mask_layers: int = 4, mask_heads: int = 8,
                  mask_mlp_ratio: float = 4.0, state_hidden: int = 256, dropout: float = 0.1,
-                 color_jitter: Optional[Mapping] = None) -> None:
+                 color_jitter: Optional[Mapping] = None, feature_cache_path: Optional[str] = None) -> None:
         super().__init__()
         self.shape_meta = validate_shape_meta(shape_meta, "obs_encoder.shape_meta")
         self.image_size = image_size_of(self.shape_meta)
@@ -113,6 +117,17 @@ class ObsEncoder(nn.Module):
         self.part_names = ["head", "wrist", "state"]
         logger.info("obs encoder: %d trainable parameters",
                     sum(p.numel() for p in self.parameters() if p.requires_grad))
+        self.feature_cache_path = str(feature_cache_path) if feature_cache_path else None
+        self._cache_verified = False
+        if self.feature_cache_path:
+            from controller.dataset.cache_features import require_frozen
+            require_frozen(self)
+
+    def verify_feature_cache(self, path: str) -> None:
+        """Raise ``FeatureCacheError`` unless ``path`` holds tokens of exactly these frozen backbones."""
+        from controller.dataset.cache_features import check_identity, open_cache, require_frozen
+        require_frozen(self)
+        check_identity(open_cache(path).attrs["identity"], self, path)
 
     # ------------------------------------------------------------------ helpers
     def train(self, mode: bool = True) -> "ObsEncoder":
@@ -156,7 +171,7 @@ class ObsEncoder(nn.Module):
     def fuse_head(self, rgb_tokens: torch.Tensor, rgbm: torch.Tensor) -> torch.Tensor:
         """Fuse head RGB tokens (B*T, n, C) with the mask encoding -> (B, T*n, D)."""
         B, T_ = rgbm.shape[:2]
-        mask = rgbm[:, :, 3:].flatten(0, 1)                       # (B*T, 1, H, W)
+        mask = rgbm[:, :, -1:].flatten(0, 1)  # (B*T, 1, H, W): channel 3 of rgbm, or a mask-only rgbm
         m = self.mask_process_net["patch_embed"](mask)            # (B*T, n, C)
         m = self.mask_process_net["transformer"](m)               # (B*T, n, C)
         fused = self.head_net(torch.cat([rgb_tokens.to(m.dtype), m], dim=-1))  # (B*T, n, D)
@@ -167,6 +182,26 @@ class ObsEncoder(nn.Module):
         w = self.wrist_net(rgb_tokens)
         return w.reshape(batch, -1, w.shape[-1])
 
+    def check_cached_obs(self, obs: Mapping[str, torch.Tensor]) -> int:
+        """Validate an observation carrying cached backbone tokens; returns the batch size."""
+        from controller.common.shape_meta import ShapeMetaError
+        T_, (h, w) = self.n_obs_steps, self.image_size
+        want = {"right_state": (T_, self.state_dim)}
+        for key, vit in (("head_tokens", self.dino_head), ("wrist_tokens", self.dino_wrist)):
+            if key in obs:
+                want[key] = (T_, vit.grid[0] * vit.grid[1], vit.feature_dim)
+        if "wrist_tokens" not in obs:
+            want["right_cam_img"] = (T_, 3, h, w)
+        want["rgbm"] = (T_, 1 if "head_tokens" in obs and obs["rgbm"].shape[2] == 1 else 4, h, w)
+        batch = obs["rgbm"].shape[0]
+        for key, shape in want.items():
+            if key not in obs:
+                raise ShapeMetaError(f"policy input: missing key '{key}'")
+            got = tuple(obs[key].shape)
+            if got != (batch, *shape):
+                raise ShapeMetaError(f"policy input.{key}: expected (B, {', '.join(map(str, shape))}), got {got}")
+        return int(batch)
+
     def encode_state(self, state: torch.Tensor) -> torch.Tensor:
         """state: (B, T, S) -> (B, T, D)."""
         return self.state_net(state)
@@ -175,10 +210,16 @@ class ObsEncoder(nn.Module):
         """obs: rgbm (B,T,4,H,W), right_cam_img (B,T,3,H,W), right_state (B,T,S) -> (B, N, D).
 
         If the dict carries precomputed backbone tokens (``head_tokens`` (B,T,n,C_head) and/or
-        ``wrist_tokens`` (B,T,n,C_wrist), e.g. from the feature cache) the backbones are skipped.
+        ``wrist_tokens`` (B,T,n,C_wrist), e.g. from the feature cache) the backbones are skipped;
+        with ``head_tokens`` the ``rgbm`` entry may be the mask alone (B,T,1,H,W).
         """
         rgbm = obs["rgbm"]
         B = rgbm.shape[0]
+        if rgbm.shape[2] == 1 and "head_tokens" not in obs:
+            raise ValueError("obs['rgbm'] holds only the mask (1 channel) but no 'head_tokens' were given")
+        if self.feature_cache_path and not self._cache_verified and ("head_tokens" in obs or "wrist_tokens" in obs):
+            self.verify_feature_cache(self.feature_cache_path)
+            self._cache_verified = True
         if "head_tokens" in obs:
             head_rgb = obs["head_tokens"].flatten(0, 1)
         else:

@@ -1,0 +1,248 @@
+"""Controller speed: inference latency per action chunk, training-step time, loader throughput.
+
+    python benchmarks/controller_speed.py --policy paper small [--train-batch 2] [--repeats 3] [--quick]
+
+For each preset (random weights -- nothing is downloaded) it prints and writes to
+``benchmarks/results/controller_speed_<time>.json``:
+
+* **inference** (batch 1, the preset's DDIM steps): the straightforward path
+  (``cache_condition_kv=False``, torch's default threads, ``no_grad``) and the optimisations added
+  one by one -- condition K/V cache, ``torch.inference_mode``, one intra-op thread -- plus the
+  straightforward path with the same thread/inference-mode settings (the like-for-like reference).
+  Per row: median chunk latency over ``--repeats`` runs after a warm-up, its encoder / diffusion
+  split, the ratio to the straightforward path, the max |difference| of the actions (same noise)
+  and the process's peak RSS after the row's first run (monotone: a later row can only show more).
+* **training step** (``--train-batch``): forward + backward + AdamW step from images (backbones
+  run) vs from cached backbone tokens (fed as tensors, mask-only ``rgbm``). The backbones are built
+  frozen for this (the small preset trains them by default, which rules out a cache).
+* **loader**: ms per sample of ``GraspDataset`` from 480x640 frames vs from a feature cache
+  (paper-shaped tokens), single process, against the step time per sample.
+
+Rows are run round-robin (one run of each per round) so load changes on a shared machine hit all
+rows alike. Timings on a busy 2-core CPU are noisy; compare rows within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+TRAIN_BATCH = {"paper": 2, "small": 8, "tiny": 8}
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: kB
+
+
+def build(preset: str, overrides=()):
+    """Policy with random weights and a fitted normaliser, in eval mode."""
+    import hydra
+    from tests.controller.conftest import compose_cfg, fitted_normalizer
+    torch.manual_seed(0)
+    cfg = compose_cfg([f"policy={preset}", "policy.obs_encoder.head.frozen=true",
+                       "policy.obs_encoder.wrist.frozen=true", *overrides])
+    policy = hydra.utils.instantiate(cfg.policy)
+    policy.set_normalizer(fitted_normalizer())
+    return policy.eval(), cfg
+
+
+class EncoderTimer:
+    """Times ``policy.obs_encoder`` calls with forward hooks."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.t0, self.last = 0.0, 0.0
+        module.register_forward_pre_hook(lambda *a: setattr(self, "t0", time.perf_counter()))
+        module.register_forward_hook(lambda *a: setattr(self, "last", time.perf_counter() - self.t0))
+
+
+# ---------------------------------------------------------------------------- inference
+def inference_rows(policy, obs, noise, default_threads: int, repeats: int, warmup: bool):
+    """Rows (name, settings); settings = (cache_kv, inference_mode, threads)."""
+    rows = [("straightforward", (False, False, default_threads)),
+            ("+ cached condition K/V", (True, False, default_threads)),
+            ("+ inference_mode", (True, True, default_threads))]
+    if default_threads > 1:
+        rows.append(("+ 1 intra-op thread", (True, True, 1)))
+    rows.append((f"straightforward, same settings ({rows[-1][1][2]} thr, inference_mode)",
+                 (False, True, rows[-1][1][2])))
+    timer = EncoderTimer(policy.obs_encoder)
+    res = {name: {"total": [], "encoder": [], "rss_gb": None, "actions": None} for name, _ in rows}
+
+    def run(settings):
+        cache_kv, inf_mode, threads = settings
+        torch.set_num_threads(threads)
+        policy.cache_condition_kv = cache_kv
+        ctx = torch.inference_mode() if inf_mode else contextlib.nullcontext()
+        t = time.perf_counter()
+        with ctx:
+            actions = policy.predict_action(obs, noise=noise)
+        return time.perf_counter() - t, timer.last, actions.clone()
+
+    if warmup:
+        for _, settings in rows[:1] + rows[2:3]:
+            run(settings)
+    for r in range(repeats):
+        for name, settings in rows:
+            total, enc, actions = run(settings)
+            res[name]["total"].append(total)
+            res[name]["encoder"].append(enc)
+            if res[name]["actions"] is None:
+                res[name]["actions"], res[name]["rss_gb"] = actions, peak_rss_gb()
+            print(f"  round {r}: {name}: {total:.2f} s (encoders {enc:.2f} s)", flush=True)
+    torch.set_num_threads(default_threads)
+    base = res[rows[0][0]]
+    out = []
+    for name, settings in rows:
+        d = res[name]
+        tot, enc = statistics.median(d["total"]), statistics.median(d["encoder"])
+        diff = [t - e for t, e in zip(d["total"], d["encoder"])]
+        out.append({"row": name, "cache_condition_kv": settings[0], "inference_mode": settings[1],
+                    "threads": settings[2], "latency_s": tot, "encoder_s": enc,
+                    "diffusion_s": statistics.median(diff), "runs_s": d["total"],
+                    "max_abs_diff": float((d["actions"] - base["actions"]).abs().max()),
+                    "peak_rss_gb": d["rss_gb"]})
+    b_tot, b_dif = out[0]["latency_s"], out[0]["diffusion_s"]
+    for row in out:
+        row["speedup"] = b_tot / row["latency_s"]
+        row["diffusion_speedup"] = b_dif / row["diffusion_s"]
+    return out
+
+
+# ---------------------------------------------------------------------------- training
+def train_rows(policy, cfg, batch_size: int, repeats: int, warmup: bool, threads: int):
+    """Training step from images vs from cached tokens (same weights, same batch)."""
+    from tests.controller.conftest import random_obs
+    torch.set_num_threads(threads)
+    size = int(cfg.image_size)
+    obs = random_obs(batch_size, size, seed=1)
+    with torch.no_grad():
+        head = policy.obs_encoder.head_rgb_tokens(obs["rgbm"], False).unflatten(0, (batch_size, 1))
+        wrist = policy.obs_encoder.wrist_rgb_tokens(obs["right_cam_img"], False).unflatten(0, (batch_size, 1))
+    cached_obs = {"rgbm": obs["rgbm"][:, :, 3:].clone(), "right_state": obs["right_state"],
+                  "head_tokens": head.half(), "wrist_tokens": wrist.half()}
+    action = torch.rand(batch_size, policy.action_horizon, policy.action_dim)
+    pad = torch.zeros(batch_size, policy.action_horizon, dtype=torch.bool)
+    batches = {"images (backbones run)": {"obs": obs, "action": action, "action_is_pad": pad},
+               "cached features": {"obs": cached_obs, "action": action, "action_is_pad": pad}}
+    policy.train()
+    opt = policy.get_optimizer(lr=1e-5, weight_decay=1e-4)
+
+    def step(batch):
+        t = time.perf_counter()
+        loss = policy.compute_loss(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+
+    if warmup:
+        for b in batches.values():
+            step(b)
+    times = {k: [] for k in batches}
+    for r in range(repeats):
+        for k, b in batches.items():
+            times[k].append(step(b))
+            print(f"  round {r}: train step, {k}: {times[k][-1]:.2f} s", flush=True)
+    policy.eval()
+    base = statistics.median(times["images (backbones run)"])
+    return [{"row": k, "batch": batch_size, "threads": threads, "step_s": statistics.median(v), "runs_s": v,
+             "speedup": base / statistics.median(v), "peak_rss_gb": peak_rss_gb()} for k, v in times.items()]
+
+
+# ---------------------------------------------------------------------------- loader
+def loader_rows(policy, cfg, n: int = 16):
+    """ms per sample: images read + resized vs feature-cache tokens of this preset's shape."""
+    import hydra
+    from controller.dataset.cache_features import _create_or_check
+    from tests.controller.dataset.factories import make_grasp_zarr
+    tmp = tempfile.mkdtemp(prefix="controller_speed_")
+    data = make_grasp_zarr(os.path.join(tmp, "d.zarr"), episode_lengths=(n,), hw=(480, 640))
+    ds = hydra.utils.instantiate(cfg.task.dataset, dataset_paths=[data], feature_cache_path=None)
+    root = _create_or_check(os.path.join(tmp, "f.zarr"), policy.obs_encoder, ds, 0, "float16", 8, 0)
+    g = root["store_0"]
+    for key in ("head_tokens", "wrist_tokens"):
+        g[key][...] = np.random.default_rng(0).standard_normal(g[key].shape).astype(np.float16)
+    g["done"][...] = 1
+    ds_c = hydra.utils.instantiate(cfg.task.dataset, dataset_paths=[data], feature_cache_path=os.path.join(tmp, "f.zarr"))
+    out = []
+    for name, d in (("images 480x640 -> resize", ds), ("feature cache", ds_c)):
+        d[0]
+        t = time.perf_counter()
+        for i in range(n):
+            d[i]
+        out.append({"row": name, "ms_per_sample": (time.perf_counter() - t) / n * 1e3})
+    return out
+
+
+# ---------------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policy", nargs="+", default=["paper", "small"], choices=["paper", "small", "tiny"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-batch", type=int, default=None, help="default: paper 2, small 8, tiny 8")
+    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--skip-inference", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="1 repeat, no warm-up (smoke run)")
+    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
+    args = ap.parse_args()
+    repeats, warmup = (1, False) if args.quick else (max(args.repeats, 1), True)
+    default_threads = torch.get_num_threads()
+    report = {"torch": torch.__version__, "default_threads": default_threads, "cpu_count": os.cpu_count(),
+              "repeats": repeats, "presets": {}}
+    for preset in args.policy:
+        t = time.perf_counter()
+        policy, cfg = build(preset)
+        entry = {"build_s": time.perf_counter() - t, "image_size": int(cfg.image_size),
+                 "condition_tokens": policy.obs_encoder.num_tokens + 1, "ddim_steps": policy.num_inference_steps}
+        print(f"\n== {preset}: {entry['image_size']} px, {entry['condition_tokens']} condition tokens, "
+              f"{entry['ddim_steps']} DDIM steps (built in {entry['build_s']:.0f} s)", flush=True)
+        if not args.skip_inference:
+            from tests.controller.conftest import random_obs
+            obs = random_obs(1, entry["image_size"], seed=0)
+            noise = torch.randn(1, policy.action_horizon, policy.action_dim, generator=torch.Generator().manual_seed(0))
+            entry["inference"] = inference_rows(policy, obs, noise, default_threads, repeats, warmup)
+        if not args.skip_train:
+            threads = entry["inference"][-1]["threads"] if "inference" in entry else default_threads
+            entry["train"] = train_rows(policy, cfg, args.train_batch or TRAIN_BATCH[preset], repeats, warmup, threads)
+            entry["loader"] = loader_rows(policy, cfg)
+        report["presets"][preset] = entry
+        del policy
+    print_report(report)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"controller_speed_{time.strftime('%Y%m%d-%H%M%S')}.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"\nwritten {path}")
+
+
+def print_report(report: dict) -> None:
+    for preset, e in report["presets"].items():
+        print(f"\n### {preset} ({e['image_size']} px, {e['condition_tokens']} cond tokens, {e['ddim_steps']} steps, batch 1)")
+        if "inference" in e:
+            print(f"{'path':58s} {'chunk s':>8s} {'enc s':>7s} {'diff s':>7s} {'x total':>8s} {'x diff':>7s} "
+                  f"{'max|d|':>9s} {'RSS GB':>7s}")
+            for r in e["inference"]:
+                print(f"{r['row']:58s} {r['latency_s']:8.2f} {r['encoder_s']:7.2f} {r['diffusion_s']:7.2f} "
+                      f"{r['speedup']:8.2f} {r['diffusion_speedup']:7.2f} {r['max_abs_diff']:9.2e} {r['peak_rss_gb']:7.2f}")
+        if "train" in e:
+            for r in e["train"]:
+                print(f"train step, {r['row']:36s} batch {r['batch']}, {r['threads']} thr: {r['step_s']:7.2f} s  "
+                      f"x{r['speedup']:.2f}  (per sample {r['step_s'] / r['batch'] * 1e3:.0f} ms)")
+            for r in e["loader"]:
+                print(f"loader, {r['row']:40s} {r['ms_per_sample']:8.1f} ms/sample (1 process)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Fast inference paths give the straightforward path's outputs (tiny preset)."""
+import numpy as np
+import pytest
+import torch
+
+from tests.controller.conftest import REPO, random_obs, run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny(request):
+    from tests.controller.conftest import build_policy, fitted_normalizer
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(n))
+    policy, cfg = build_policy("tiny")
+    policy.set_normalizer(fitted_normalizer())
+    return policy.eval(), cfg
+
+
+def _predict(policy, obs, noise, cached: bool, capture: bool):
+    policy.cache_condition_kv = cached
+    return policy.predict_action(obs, noise=noise, return_attention=capture)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("capture", [False, True])
+def test_cached_kv_equals_straightforward(tiny, seed, capture):
+    policy, cfg = tiny
+    obs = random_obs(3, cfg.image_size, seed)
+    noise = torch.randn(3, 64, 13, generator=torch.Generator().manual_seed(seed))
+    fast, slow = _predict(policy, obs, noise, True, capture), _predict(policy, obs, noise, False, capture)
+    if capture:
+        (fast, rf), (slow, rs) = fast, slow
+        assert np.abs(rf["attn"].astype(np.float32) - rs["attn"].astype(np.float32)).max() <= 1e-3
+    assert (fast - slow).abs().max().item() <= 1e-4
+    # capturing attention maps does not change the actions
+    plain = _predict(policy, obs, noise, True, False)
+    assert (plain - fast).abs().max().item() <= 1e-6
+
+
+def test_inference_mode_matches_no_grad(tiny):
+    policy, cfg = tiny
+    obs = random_obs(2, cfg.image_size, 5)
+    noise = torch.randn(2, 64, 13, generator=torch.Generator().manual_seed(5))
+    ref = _predict(policy, obs, noise, True, False)
+    with torch.inference_mode():
+        fast = _predict(policy, obs, noise, True, False)
+    assert torch.equal(ref, fast)
+
+
+def test_cached_backbone_tokens_give_the_image_path_actions(tiny):
+    """Feeding precomputed backbone tokens (+ mask-only rgbm) reproduces the image path."""
+    policy, cfg = tiny
+    obs = random_obs(2, cfg.image_size, 6)
+    noise = torch.randn(2, 64, 13, generator=torch.Generator().manual_seed(6))
+    enc = policy.obs_encoder
+    with torch.no_grad():
+        head = enc.head_rgb_tokens(obs["rgbm"], False).unflatten(0, (2, 1))       # (B, T, n, C)
+        wrist = enc.wrist_rgb_tokens(obs["right_cam_img"], False).unflatten(0, (2, 1))
+    tok_obs = {"rgbm": obs["rgbm"][:, :, 3:], "right_state": obs["right_state"],
+               "head_tokens": head, "wrist_tokens": wrist}
+    ref = _predict(policy, obs, noise, True, False)
+    assert (policy.predict_action(tok_obs, noise=noise) - ref).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="only the mask"):
+        enc({**obs, "rgbm": obs["rgbm"][:, :, 3:]}, training=False)
+
+
+def test_benchmark_quick_runs(tmp_path):
+    res = run_cli(["benchmarks/controller_speed.py", "--policy", "tiny", "--quick", "--out", str(tmp_path)],
+                  cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "straightforward" in res.stdout and "cached features" in res.stdout
+    assert any(p.name.startswith("controller_speed_") for p in tmp_path.iterdir())
