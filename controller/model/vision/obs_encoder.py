@@ -21,9 +21,9 @@ from typing import Mapping, Optional
 
 import torch
 import torch.nn as nn
-import torchvision.transforms as T
 
 from controller.common.shape_meta import image_size_of, state_dim_of, validate_shape_meta
+from controller.model.vision.color_jitter import BatchColorJitter
 from controller.model.vision.backbones import PATCH_SIZE, build_dino_backbone, feature_dim_of, patch_tokens
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class ObsEncoder(nn.Module):
         self.wrist_net = _fusion_mlp(wrist_dim, self.feature_dim, self.feature_dim, dropout)
         self.state_net = _fusion_mlp(self.state_dim, state_hidden, self.feature_dim, dropout)
 
-        self.color_jitter = T.ColorJitter(**dict(color_jitter)) if color_jitter else None
+        self.color_jitter = BatchColorJitter(**dict(color_jitter)) if color_jitter else None
         self.register_buffer("img_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("img_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         n_tok = self.grid[0] * self.grid[1]
@@ -147,8 +147,7 @@ class ObsEncoder(nn.Module):
         """bgr: (N, 3, H, W) in [0, 1] -> ImageNet-normalised RGB (N, 3, H, W)."""
         rgb = bgr.flip(1)  # BGR -> RGB
         if jitter and self.color_jitter is not None:
-            # one random jitter per sample (torchvision draws one set of factors per call)
-            rgb = torch.stack([self.color_jitter(img) for img in rgb])
+            rgb = self.color_jitter(rgb)  # independent random factors per sample, batched
         return (rgb - self.img_mean.to(rgb.dtype)) / self.img_std.to(rgb.dtype)
 
     def _backbone(self, vit: nn.Module, frozen: bool, x: torch.Tensor) -> torch.Tensor:

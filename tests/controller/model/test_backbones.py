@@ -61,3 +61,18 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"x": argparse.Namespace(a=1)}, path)  # any non-tensor object needs full unpickling
     with pytest.raises(BackboneWeightsError, match="weights_only"):
         build_dino_backbone("dinov2_vits14", 28, local_weights_path=str(path), **TINY)
+
+
+def test_batch_color_jitter_per_sample_and_ranges():
+    from controller.model.vision.color_jitter import BatchColorJitter
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 8, 8).repeat(6, 1, 1, 1)
+    y = BatchColorJitter(0.3, 0.3, 0.3, 0.1)(x)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    assert len({round(v, 5) for v in y.mean((1, 2, 3)).tolist()}) == 6  # independent factors per sample
+    grey = torch.full((2, 3, 4, 4), 0.5)
+    assert torch.allclose(BatchColorJitter(hue=0.5)(grey), grey, atol=1e-5)  # hue leaves grey alone
+    assert torch.equal(BatchColorJitter()(x), x)
+    with pytest.raises(ValueError, match="hue"):
+        BatchColorJitter(hue=0.7)
