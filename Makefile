@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: setup test demo clean-venv
+.PHONY: setup test demo train-demo clean-venv
 
 setup:
 	@bash scripts/bootstrap.sh test
@@ -17,6 +17,10 @@ test: setup
 # The main job on the embedded default: the full hierarchy on the simulated robot.
 demo: setup
 	@bash scripts/demo.sh $(DEMO_ARGS)
+
+# The research loop at small size (~30 min on 2 CPU cores): collect -> train -> evaluate -> attention maps.
+train-demo: setup
+	@bash scripts/train_demo.sh
 
 clean-venv:
 	rm -rf $(VENV)
