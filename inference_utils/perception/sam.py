@@ -25,7 +25,7 @@ class SamSegmenter(Segmenter):
     Args:
         checkpoint: local checkpoint path, e.g. ``weights/sam_vit_h_4b8939.pth``.
         model_type: ``vit_h``, ``vit_l`` or ``vit_b`` (must match the checkpoint).
-        device: torch device string (``cpu``, ``cuda``, ``cuda:0`` ...).
+        device: torch device string (``cpu``, ``cuda``, or a specific CUDA device).
         multimask: ask SAM for several candidate masks and keep the highest-scoring one.
     """
 

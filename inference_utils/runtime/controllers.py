@@ -36,7 +36,7 @@ class PolicyController:
         if not Path(checkpoint).is_dir():
             raise ValueError(f"controller.checkpoint: {checkpoint!r} is not a directory")
         if device == "auto":
-            device = "cuda:0" if torch.cuda.is_available() else "cpu"
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self._generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         self.policy = ChunkPolicy.from_checkpoint(str(checkpoint), device)
         self.horizon = self.policy.action_horizon
