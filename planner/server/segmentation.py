@@ -11,6 +11,10 @@ Pipeline (``analyse_scene``):
 4. Foreground = table region minus table pixels, cleaned with morphology; connected
    components filtered by size; components of two clearly different colours are split.
 5. Low-chroma components touching the image or table border are taken as the robot arm.
+6. Textured tables (gradient spots, lighting blotches) vary mostly along one colour direction:
+   a component whose pixels are partly on the table's principal colour line (fitted on the
+   dominant table mode) has those pixels removed, so a blotch merged with an object does not
+   inflate its box. Thin strips (table edges, checker seams) are dropped.
 
 Each object is named by colour (``vocab.name_colour``), rough shape and position.
 """
@@ -39,6 +43,9 @@ class SegmentationParams:
     arm_chroma: float = 11.0
     split_hue_deg: float = 50.0
     min_edge_contrast: float = 3.0
+    min_side: int = 11            # px at 480 rows: thinner components are texture seams, not objects
+    line_factor: float = 4.0      # table-line distance threshold: median + factor * MAD
+    line_min_threshold: float = 5.0
 
 
 @dataclass
@@ -111,6 +118,85 @@ def _fit_field(lab: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> n
 def _distance(lab: np.ndarray, ref: np.ndarray) -> np.ndarray:
     d = lab - ref
     return np.sqrt(_L_W * _L_W * d[..., 0] ** 2 + d[..., 1] ** 2 + d[..., 2] ** 2)
+
+
+class _TableLine:
+    """Principal colour line of the dominant table mode in weighted Lab."""
+
+    def __init__(self, lab: np.ndarray, member: np.ndarray, params: SegmentationParams,
+                 rng: np.random.Generator) -> None:
+        pix = lab[member]
+        if len(pix) > 20000:
+            pix = pix[rng.choice(len(pix), 20000, replace=False)]
+        self.ok = len(pix) >= 200
+        if not self.ok:
+            return
+        pix = pix * np.array([_L_W, 1.0, 1.0], np.float32)            # (n, 3)
+        self.mean = pix.mean(axis=0)
+        _, _, vt = np.linalg.svd(pix - self.mean, full_matrices=False)
+        self.axis = vt[0]                                               # (3,) unit
+        d = self._perp(pix)
+        mad = float(np.median(np.abs(d - np.median(d))))
+        self.threshold = max(params.line_min_threshold, float(np.median(d)) + params.line_factor * 1.4826 * mad)
+
+    def _perp(self, pix_w: np.ndarray) -> np.ndarray:
+        c = pix_w - self.mean
+        along = c @ self.axis
+        return np.linalg.norm(c - along[:, None] * self.axis[None], axis=1)
+
+    def on_line(self, lab_pixels: np.ndarray) -> np.ndarray:
+        """Bool per pixel (n, 3 Lab): colour lies on the table's colour line."""
+        return self._perp(lab_pixels * np.array([_L_W, 1.0, 1.0], np.float32)) < self.threshold
+
+
+def _strip_table_line(comp: np.ndarray, lab: np.ndarray, line: Optional[_TableLine],
+                      min_area: int) -> list[np.ndarray]:
+    """Remove a table-coloured blotch merged with objects; returns the remaining object masks."""
+    if line is None or not line.ok:
+        return [comp]
+    ys, xs = np.nonzero(comp)
+    on = line.on_line(lab[ys, xs])
+    frac = float(on.mean())
+    if not 0.1 < frac < 0.85:  # nothing to strip, or the object itself has the table's colour
+        return [comp]
+    rest = np.zeros(comp.shape, np.uint8)
+    rest[ys[~on], xs[~on]] = 1
+    rest = cv2.morphologyEx(rest, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    rest = cv2.morphologyEx(rest, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    n, lbl, stats, _ = cv2.connectedComponentsWithStats(rest, connectivity=8)
+    parts = [(lbl == k) & comp for k in range(1, n) if stats[k, cv2.CC_STAT_AREA] >= min_area]
+    if not parts or sum(int(p.sum()) for p in parts) < 0.15 * len(ys):
+        return [comp]
+    return parts
+
+
+def _split_touching(comp: np.ndarray, min_area: int, max_solidity: float = 0.93) -> list[np.ndarray]:
+    """Split a non-convex component into touching objects (distance-transform seeds).
+
+    Single primitives project to nearly convex blobs; two objects touching form a neck, which
+    the distance transform turns into separate peaks.
+    """
+    u8 = comp.astype(np.uint8)
+    contours, _ = cv2.findContours(u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return [comp]
+    hull_area = cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea)))
+    if hull_area <= 0 or comp.sum() / hull_area > max_solidity:
+        return [comp]
+    dist = cv2.distanceTransform(u8, cv2.DIST_L2, 5)
+    peaks = (dist > 0.55 * float(dist.max())).astype(np.uint8)
+    n, markers = cv2.connectedComponents(peaks, connectivity=8)
+    if n < 3:
+        return [comp]
+    # Each pixel goes to its nearest seed (labels of the zero-valued seed components).
+    _, nearest = cv2.distanceTransformWithLabels((peaks == 0).astype(np.uint8), cv2.DIST_L2, 5,
+                                                 labelType=cv2.DIST_LABEL_CCOMP)
+    parts = []
+    for k in range(1, n):
+        ys, xs = np.nonzero(markers == k)
+        parts.append(comp & (nearest == nearest[ys[0], xs[0]]))
+    parts = [p for p in parts if p.sum() >= min_area]
+    return parts if len(parts) >= 2 else [comp]
 
 
 def _table_modes(lab: np.ndarray, max_modes: int = 3) -> list[np.ndarray]:
@@ -194,6 +280,7 @@ def analyse_scene(bgr: np.ndarray, params: Optional[SegmentationParams] = None) 
     lab = cv2.cvtColor(cv2.medianBlur(bgr[..., :3], 5).astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
     modes = _table_modes(lab)
     table = np.zeros((h, w), bool)
+    line: Optional[_TableLine] = None
     for member in modes:
         fitted = _fit_field(lab, member, rng)
         for _ in range(2):
@@ -203,6 +290,8 @@ def analyse_scene(bgr: np.ndarray, params: Optional[SegmentationParams] = None) 
             thr = max(params.min_threshold, float(np.median(d_in)) + params.mad_factor * 1.4826 * mad)
             member = dist < thr
             fitted = _fit_field(lab, member, rng)
+        if line is None:
+            line = _TableLine(lab, member, params, rng)
         table |= _distance(lab, fitted) < thr
     # Table region: convex hull of the largest table component.
     closed = cv2.morphologyEx(table.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
@@ -241,10 +330,14 @@ def analyse_scene(bgr: np.ndarray, params: Optional[SegmentationParams] = None) 
             continue
         if at_border:  # cut by the image border: not a graspable object in view
             continue
+        if min(bw, bh) < params.min_side * np.sqrt(scale):  # a seam or table edge, not an object
+            continue
         boundary = comp & ~cv2.erode(comp.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         if float(grad[boundary].mean()) < params.min_edge_contrast:  # smooth blotch of table texture
             continue
-        comps.extend(_split_component(lab, comp, params))
+        for part in _strip_table_line(comp, lab, line, min_area):
+            for piece in _split_component(lab, part, params):
+                comps.extend(_split_touching(piece, min_area))
     objects: list[DetectedObject] = []
     for comp in comps:
         area = int(comp.sum())

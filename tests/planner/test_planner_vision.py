@@ -83,3 +83,60 @@ def test_simulator_scenes_if_available():
     if n == 0:
         pytest.skip("simulator could not reset")
     assert ok >= n - 1
+
+
+def _table_image(seed: int = 0):
+    """A 480x640 table with a radial-spot texture (like MuJoCo's 'gradient' builtin) under a
+    lighting ramp; returns the BGR image."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    h, w = 480, 640
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dark, bright = np.array([40, 70, 20], np.float32), np.array([70, 140, 40], np.float32)  # BGR greens
+    spot = np.zeros((h, w), np.float32)
+    for cy in range(40, h, 120):
+        for cx in range(40, w, 140):
+            cx2, cy2 = cx + rng.uniform(-10, 10), cy + rng.uniform(-10, 10)
+            spot = np.maximum(spot, np.exp(-((xx - cx2) ** 2 + (yy - cy2) ** 2) / (2 * 35.0 ** 2)))
+    ramp = 0.85 + 0.3 * (yy / h)
+    img = (dark[None, None] + (bright - dark)[None, None] * spot[..., None]) * ramp[..., None]
+    return np.clip(img, 0, 255).astype(np.uint8), spot
+
+
+def test_textured_table_blotch_does_not_inflate_the_box():
+    """An object touching a bright texture spot is boxed tightly (the spot is table, not object)."""
+    import cv2
+    import numpy as np
+    img, spot = _table_image()
+    cy, cx = np.unravel_index(np.argmax(spot[200:400, 200:500]), spot[200:400, 200:500].shape)
+    cy, cx = cy + 200, cx + 200
+    x1, y1 = cx + 20, cy - 20                     # a yellow block just right of the spot centre
+    cv2.rectangle(img, (x1, y1), (x1 + 40, y1 + 30), (0, 220, 240), -1)
+    objects = analyse_scene(img).objects
+    truth = BBox(x1, y1, x1 + 41, y1 + 31)
+    best = max((BBox(*o.bbox).iou(truth) for o in objects), default=0.0)
+    assert best >= 0.8, [o.bbox for o in objects]
+
+
+def test_touching_objects_of_one_colour_are_two_objects():
+    """Two red discs that touch form one blob; the watershed split boxes each of them."""
+    import cv2
+    import numpy as np
+    img = np.full((480, 640, 3), (150, 160, 170), np.uint8)
+    cv2.circle(img, (300, 260), 30, (30, 30, 200), -1)
+    cv2.circle(img, (356, 268), 28, (30, 30, 200), -1)
+    boxes = [BBox(*o.bbox) for o in analyse_scene(img).objects]
+    for truth in (BBox(270, 230, 331, 291), BBox(328, 240, 385, 297)):
+        assert max((b.iou(truth) for b in boxes), default=0.0) >= 0.6, boxes
+
+
+def test_single_objects_are_not_over_split():
+    """Convex objects (balls, blocks, capsules) stay whole."""
+    import cv2
+    import numpy as np
+    img = np.full((480, 640, 3), (150, 160, 170), np.uint8)
+    cv2.circle(img, (200, 260), 30, (30, 30, 200), -1)
+    cv2.rectangle(img, (320, 230), (380, 280), (200, 60, 30), -1)
+    cv2.line(img, (420, 300), (500, 250), (30, 200, 200), 24)
+    objects = analyse_scene(img).objects
+    assert len(objects) == 3, [o.bbox for o in objects]
