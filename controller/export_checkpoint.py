@@ -1,0 +1,106 @@
+"""Export a training checkpoint as a compact deployment checkpoint.
+
+Usage::
+
+    python -m controller.export_checkpoint outputs/run/checkpoints/latest assets/controller_small_sim
+
+A training checkpoint holds the raw weights, the EMA weights, the optimiser/RNG state and the
+config. The export keeps what deployment needs: one ``model.safetensors`` (the EMA weights merged
+in by default, ``--no-ema`` keeps the raw ones), ``config.yaml``, ``normalizer.json`` and a
+``meta.json`` that records the source, the weights used and a SHA-256 of the weight file. The
+directory is written atomically and loads with :func:`controller.policy.loading.load_policy` or
+``ChunkPolicy.from_checkpoint`` like any checkpoint. ``--max-mb`` fails the export when the weight
+file would exceed a size budget (the repository ships checkpoints of at most 50 MB).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Any, Dict, Optional
+
+from safetensors.torch import load_file, save_file
+
+from controller.workspace.checkpoint import (CONFIG_FILE, EMA_FILE, FORMAT, META_FILE, MODEL_FILE, NORMALIZER_FILE,
+                                             CheckpointError, atomic_write_dir, read_meta, resolve_checkpoint_dir)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export_checkpoint(src: str, dst: str, use_ema: bool = True, max_mb: Optional[float] = None,
+                      note: Optional[str] = None) -> Dict[str, Any]:
+    """Write the deployment checkpoint ``dst`` from the training checkpoint ``src``; returns its meta."""
+    src = resolve_checkpoint_dir(src)
+    model_path = os.path.join(src, MODEL_FILE)
+    if not os.path.isfile(model_path):
+        raise CheckpointError(f"'{model_path}' is missing: '{src}' is not a controller checkpoint")
+    for name in (CONFIG_FILE, NORMALIZER_FILE):
+        if not os.path.isfile(os.path.join(src, name)):
+            raise CheckpointError(f"'{os.path.join(src, name)}' is missing: cannot export '{src}'")
+    weights = load_file(model_path)
+    ema_path = os.path.join(src, EMA_FILE)
+    merged = 0
+    if use_ema:
+        if not os.path.isfile(ema_path):
+            raise CheckpointError(f"'{ema_path}' is missing: the run was trained without EMA "
+                                  f"(export with --no-ema to ship the raw weights)")
+        ema = load_file(ema_path)
+        unknown = sorted(set(ema) - set(weights))
+        if unknown:
+            raise CheckpointError(f"'{ema_path}' has keys the model lacks: {', '.join(unknown[:5])}")
+        weights.update(ema)
+        merged = len(ema)
+    size_mb = sum(t.numel() * t.element_size() for t in weights.values()) / 2 ** 20
+    if max_mb is not None and size_mb > max_mb:
+        raise CheckpointError(f"exported weights would be {size_mb:.1f} MB, over the --max-mb budget of {max_mb} MB")
+    src_meta = read_meta(src)
+    meta = {"format": FORMAT, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "exported_from": src,
+            "weights": "ema" if use_ema else "raw", "ema_tensors_merged": merged, "has_ema": False,
+            "frozen_backbones_saved": src_meta.get("frozen_backbones_saved", True),
+            "source_meta": src_meta}
+    if note:
+        meta["note"] = note
+
+    def write(tmp: str) -> None:
+        save_file(weights, os.path.join(tmp, MODEL_FILE), metadata={"format": FORMAT})
+        for name in (CONFIG_FILE, NORMALIZER_FILE):
+            shutil.copyfile(os.path.join(src, name), os.path.join(tmp, name))
+        meta["model_sha256"] = _sha256(os.path.join(tmp, MODEL_FILE))
+        with open(os.path.join(tmp, META_FILE), "w") as f:
+            json.dump(meta, f, indent=2, default=str)
+
+    atomic_write_dir(dst, write)
+    meta["size_mb"] = round(size_mb, 2)
+    return meta
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Entry point of ``python -m controller.export_checkpoint``."""
+    p = argparse.ArgumentParser(prog="python -m controller.export_checkpoint", description=__doc__.split("\n")[0])
+    p.add_argument("src", help="training checkpoint directory (e.g. <run>/checkpoints/latest)")
+    p.add_argument("dst", help="output directory (replaced atomically)")
+    p.add_argument("--no-ema", action="store_true", help="ship the raw weights instead of the EMA weights")
+    p.add_argument("--max-mb", type=float, default=None, help="fail if the weight file would be larger")
+    p.add_argument("--note", default=None, help="free text stored in meta.json (e.g. the training command)")
+    args = p.parse_args(argv)
+    try:
+        meta = export_checkpoint(args.src, args.dst, use_ema=not args.no_ema, max_mb=args.max_mb, note=args.note)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {meta['weights']} weights ({meta['size_mb']} MB) from {meta['exported_from']} to {args.dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
