@@ -24,9 +24,9 @@ from sim.dataset import DatasetError, ZarrEpisodeWriter
 _WORKER_ENV = None
 
 
-def _episode(env, seed: int, split: str) -> dict:
+def _episode(env, seed: int, split: str, action_noise: float = 0.0) -> dict:
     from sim.expert import run_expert_episode
-    return run_expert_episode(env, seed, split, record=True)
+    return run_expert_episode(env, seed, split, record=True, action_noise=action_noise)
 
 
 def _worker_init(config: SimConfig) -> None:
@@ -35,15 +35,17 @@ def _worker_init(config: SimConfig) -> None:
     _WORKER_ENV = GraspEnv(config)
 
 
-def _worker_run(args: tuple[int, str]) -> dict:
-    seed, split = args
-    return _episode(_WORKER_ENV, seed, split)
+def _worker_run(args: tuple[int, str, float]) -> dict:
+    return _episode(_WORKER_ENV, *args)
 
 
 def collect(out: str, episodes: int, split: str = "train", seed: int = 0, workers: int = 1,
             n_objects: tuple[int, int] = (4, 10), clutter: str = "normal", keep_failed: bool = False,
-            zarr_format: int = 2, progress: bool = True) -> dict:
-    """Collect ``episodes`` expert episodes into ``out``; returns a summary dict."""
+            zarr_format: int = 2, progress: bool = True, action_noise: float = 0.0) -> dict:
+    """Collect ``episodes`` expert episodes into ``out``; returns a summary dict.
+
+    ``action_noise`` > 0 perturbs the executed arm targets (recorded actions stay clean; see
+    :class:`sim.expert.ArmPerturbation`) so the data shows recoveries from off-plan states."""
     check_split(split)
     if episodes < 1:
         raise SimConfigError(f"episodes must be >= 1, got {episodes}")
@@ -51,10 +53,12 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
         raise SimConfigError(f"workers must be >= 1, got {workers}")
     if seed < 0:
         raise SimConfigError(f"seed must be >= 0, got {seed}")
+    if not 0.0 <= action_noise <= 0.2:
+        raise SimConfigError(f"action_noise must be in [0, 0.2] (normalised joint units), got {action_noise}")
     config = SimConfig(n_objects=tuple(n_objects), clutter=clutter, split=split)
     writer = ZarrEpisodeWriter(out, (config.image_height, config.image_width), zarr_format=zarr_format)
     max_attempts = 2 * episodes + 10
-    jobs = [(seed + i, split) for i in range(max_attempts)]
+    jobs = [(seed + i, split, float(action_noise)) for i in range(max_attempts)]
     stored, failed, seeds_used, lengths = 0, [], [], []
     t0 = time.time()
     bar = tqdm(total=episodes, desc=f"collect {split}", unit="ep", disable=not progress)
@@ -99,8 +103,10 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
                "seeds": seeds_used, "mean_steps": float(sum(lengths) / max(len(lengths), 1)),
                "total_episodes_in_store": writer.n_episodes, "total_frames_in_store": writer.n_frames,
                "elapsed_s": elapsed, "episodes_per_min": 60.0 * (stored + len(failed)) / max(elapsed, 1e-9),
-               "n_objects": list(n_objects), "clutter": clutter, "keep_failed": keep_failed}
-    writer.add_note({k: summary[k] for k in ("split", "stored", "seeds", "failed_seeds", "n_objects", "clutter")})
+               "n_objects": list(n_objects), "clutter": clutter, "keep_failed": keep_failed,
+               "action_noise": float(action_noise)}
+    writer.add_note({k: summary[k] for k in ("split", "stored", "seeds", "failed_seeds", "n_objects", "clutter",
+                                             "action_noise")})
     if stored < episodes:
         print(f"warning: only {stored}/{episodes} successful episodes after {max_attempts} attempts",
               file=sys.stderr)
@@ -120,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clutter", default="normal", help="sparse | normal | dense")
     p.add_argument("--keep-failed", action="store_true", help="also store failed episodes")
     p.add_argument("--zarr-format", type=int, choices=(2, 3), default=2, help="format of a new store")
+    p.add_argument("--action-noise", type=float, default=0.0,
+                   help="std of correlated noise on the executed arm targets during the approach "
+                        "(normalised joint units, e.g. 0.01); recorded actions stay the expert's")
     return p
 
 
@@ -129,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_split(args.split)
         s = collect(args.out, args.episodes, args.split, args.seed, args.workers, tuple(args.objects),
-                    args.clutter, args.keep_failed, args.zarr_format)
+                    args.clutter, args.keep_failed, args.zarr_format, action_noise=args.action_noise)
     except (SimConfigError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

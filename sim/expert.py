@@ -139,19 +139,54 @@ class ScriptedExpert:
         return np.concatenate([normalize_arm(q), hand]).astype(np.float32)
 
 
+class ArmPerturbation:
+    """Temporally correlated noise on the executed arm targets (DART-style data collection).
+
+    The expert's labels are a function of the scene only (its IK warm-starts from its own previous
+    solution, not from the measured arm), so executing ``label + noise`` while recording the clean
+    label yields demonstrations of returning to the plan from perturbed states. The noise is an
+    Ornstein-Uhlenbeck process in normalised joint units (stationary std ``sigma``), applied during
+    the approach, faded out over the descent and off from the closing of the hand on.
+    """
+
+    def __init__(self, sigma: float, seed: int, theta: float = 0.15) -> None:
+        self.sigma, self.theta = float(sigma), float(theta)
+        self.rng = np.random.default_rng(seed)
+        self.state = np.zeros(7)
+
+    def __call__(self, expert: "ScriptedExpert") -> np.ndarray:
+        """Perturbation (7,) for the expert's current step (call after ``expert.act``)."""
+        step = math.sqrt(2 * self.theta - self.theta ** 2) * self.sigma
+        self.state = (1 - self.theta) * self.state + step * self.rng.standard_normal(7)
+        t = expert._t - 1
+        t1 = getattr(expert, "_n_approach", expert.timing.approach)
+        t2 = t1 + expert.timing.descend
+        scale = 1.0 if t < t1 else max(0.0, 1.0 - (t - t1 + 1) / max(t2 - t1 - 2, 1))
+        return scale * self.state
+
+
 def run_expert_episode(env, seed: int, split: str = "train", expert: ScriptedExpert | None = None,
-                       record: bool = False) -> dict:
-    """Run one expert episode; returns success, steps and (if ``record``) the frames and actions."""
+                       record: bool = False, action_noise: float = 0.0) -> dict:
+    """Run one expert episode; returns success, steps and (if ``record``) the frames and actions.
+
+    With ``action_noise > 0`` the arm executes the expert's target plus :class:`ArmPerturbation`
+    noise (std in normalised joint units) while the recorded action stays the clean target.
+    """
     expert = expert or ScriptedExpert()
     obs, info = env.reset(seed=seed, split=split)
     frames = {"right_cam_img": [], "rgbm": [], "right_state": [], "action": []}
+    perturb = ArmPerturbation(action_noise, seed=seed + 7_000_003) if action_noise > 0 else None
     while True:
         action = expert.act(env)
         if record:
             for k in ("right_cam_img", "rgbm", "right_state"):
                 frames[k].append(obs[k])
             frames["action"].append(action)
-        obs, _, terminated, truncated, info = env.step(action)
+        executed = action
+        if perturb is not None:
+            executed = action.copy()
+            executed[:7] = np.clip(executed[:7] + perturb(expert), -1.0, 1.0)
+        obs, _, terminated, truncated, info = env.step(executed)
         if terminated or truncated:
             break
     out = {"seed": seed, "split": split, "success": bool(info["success"]), "steps": env.steps,
