@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
+from controller.dataset.errors import DatasetError
+from controller.dataset.writer import ZarrEpisodeWriter
 from sim.config import SPLITS, SimConfig, SimConfigError, check_split
-from sim.dataset import DatasetError, ZarrEpisodeWriter
 
 _WORKER_ENV = None
 
@@ -39,6 +43,32 @@ def _worker_run(args: tuple[int, str, float]) -> dict:
     return _episode(_WORKER_ENV, *args)
 
 
+def open_store(out: str, image_hw: tuple[int, int], zarr_format: int = 2) -> ZarrEpisodeWriter:
+    """Open (or create) the output store with the controller's crash-safe writer, checking first
+    that the location is writable and that an existing store holds frames of ``image_hw``."""
+    path = Path(out)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"--out {path}: cannot create parent directory: {exc}") from exc
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise DatasetError(f"--out {path}: location is not writable")
+    writer = ZarrEpisodeWriter(path, zarr_format=zarr_format)
+    if "rgbm" in writer.data:
+        tail = tuple(writer.data["rgbm"].shape[1:3])
+        if tail != tuple(image_hw):
+            raise DatasetError(f"--out {path}: data/rgbm has frame shape {tail}, expected {tuple(image_hw)} "
+                               f"(the simulator's camera size)")
+    return writer
+
+
+def _as_episode(frames: dict) -> dict:
+    """Recorded per-step lists -> the contract's arrays (uint8 images, float32 state/action)."""
+    return {k: np.asarray(frames[k], dtype=np.uint8 if k in ("right_cam_img", "rgbm") else np.float32)
+            for k in ("right_cam_img", "rgbm", "right_state", "action")}
+
+
 def collect(out: str, episodes: int, split: str = "train", seed: int = 0, workers: int = 1,
             n_objects: tuple[int, int] = (4, 10), clutter: str = "normal", keep_failed: bool = False,
             zarr_format: int = 2, progress: bool = True, action_noise: float = 0.0) -> dict:
@@ -56,7 +86,7 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
     if not 0.0 <= action_noise <= 0.2:
         raise SimConfigError(f"action_noise must be in [0, 0.2] (normalised joint units), got {action_noise}")
     config = SimConfig(n_objects=tuple(n_objects), clutter=clutter, split=split)
-    writer = ZarrEpisodeWriter(out, (config.image_height, config.image_width), zarr_format=zarr_format)
+    writer = open_store(out, (config.image_height, config.image_width), zarr_format)
     max_attempts = 2 * episodes + 10
     jobs = [(seed + i, split, float(action_noise)) for i in range(max_attempts)]
     stored, failed, seeds_used, lengths = 0, [], [], []
@@ -71,7 +101,7 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
         if result["success"] or keep_failed:
             if pending:
                 pending.pop().result()
-            pending.append(io_pool.submit(writer.append_episode, result.pop("frames")))
+            pending.append(io_pool.submit(writer.add_episode, _as_episode(result.pop("frames"))))
             stored += 1
             seeds_used.append(result["seed"])
             lengths.append(result["steps"])
@@ -101,12 +131,14 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
     elapsed = time.time() - t0
     summary = {"out": str(out), "split": split, "stored": stored, "failed_seeds": failed,
                "seeds": seeds_used, "mean_steps": float(sum(lengths) / max(len(lengths), 1)),
-               "total_episodes_in_store": writer.n_episodes, "total_frames_in_store": writer.n_frames,
+               "total_episodes_in_store": writer.n_episodes, "total_frames_in_store": writer.n_steps,
                "elapsed_s": elapsed, "episodes_per_min": 60.0 * (stored + len(failed)) / max(elapsed, 1e-9),
                "n_objects": list(n_objects), "clutter": clutter, "keep_failed": keep_failed,
                "action_noise": float(action_noise)}
-    writer.add_note({k: summary[k] for k in ("split", "stored", "seeds", "failed_seeds", "n_objects", "clutter",
-                                             "action_noise")})
+    history = list(writer.root.attrs.get("sim_collect", []))  # provenance of every collection run
+    history.append({k: summary[k] for k in ("split", "stored", "seeds", "failed_seeds", "n_objects", "clutter",
+                                            "action_noise")})
+    writer.root.attrs["sim_collect"] = history
     if stored < episodes:
         print(f"warning: only {stored}/{episodes} successful episodes after {max_attempts} attempts",
               file=sys.stderr)

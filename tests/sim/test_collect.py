@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import zarr
 
-from sim.collect import collect, main
-from sim.dataset import DatasetError
+from controller.dataset.errors import DatasetError
+from sim.collect import collect, main, open_store
 
 
 def _check_store(path, n_episodes):
@@ -49,19 +49,20 @@ def test_collect_mini_dataset_and_append(tmp_path):
 
 
 def test_interrupted_append_is_trimmed(tmp_path):
-    from sim.dataset import ZarrEpisodeWriter
+    """The collector writes through the controller's crash-safe writer: a crash between the data
+    and ``episode_ends`` leaves a tail that the next open trims; other camera sizes are refused."""
     out = tmp_path / "t.zarr"
-    w = ZarrEpisodeWriter(out, (48, 64))
+    w = open_store(str(out), (48, 64))
     frames = {"right_cam_img": np.zeros((5, 48, 64, 3), np.uint8), "rgbm": np.zeros((5, 48, 64, 4), np.uint8),
               "right_state": np.zeros((5, 13), np.float32), "action": np.zeros((5, 13), np.float32)}
-    w.append_episode(frames)
+    w.add_episode(frames)
     w.data["action"].resize((8, 13))  # simulate a crash after data, before episode_ends
-    w2 = ZarrEpisodeWriter(out, (48, 64))
+    w2 = open_store(str(out), (48, 64))
     assert w2.data["action"].shape[0] == 5 and w2.n_episodes == 1
-    w2.append_episode(frames)
+    w2.add_episode(frames)
     assert list(w2.episode_ends[:]) == [5, 10]
     with pytest.raises(DatasetError, match="frame shape"):
-        ZarrEpisodeWriter(out, (480, 640))
+        open_store(str(out), (480, 640))
 
 
 def test_unwritable_output_and_unknown_split(tmp_path, capsys):
