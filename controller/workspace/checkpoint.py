@@ -187,9 +187,17 @@ def read_meta(ckpt_dir: str) -> Dict[str, Any]:
         return json.load(f)
 
 
+#: Modules that start as exact no-ops (zero-initialised output); a fine-tuning start checkpoint
+#: made without them may lack their weights.
+ZERO_INIT_PREFIXES = ("obs_encoder.mask_geometry_net.",)
+
+
 def load_policy_weights(policy: torch.nn.Module, ckpt_dir: str, use_ema: bool = False,
-                        allow_missing_backbones: bool = False) -> Dict[str, Any]:
+                        allow_missing_backbones: bool = False, allow_new_zero_init: bool = False) -> Dict[str, Any]:
     """Load ``model.safetensors`` (optionally with EMA weights on top) strictly into ``policy``.
+
+    ``allow_new_zero_init`` (fine-tuning starts only) tolerates missing weights of the
+    zero-initialised modules in :data:`ZERO_INIT_PREFIXES`, which then keep their no-op init.
 
     Raises :class:`CheckpointError` listing missing/unexpected keys and shape mismatches.
     """
@@ -210,6 +218,8 @@ def load_policy_weights(policy: torch.nn.Module, ckpt_dir: str, use_ema: bool = 
     missing = sorted(set(own) - set(sd))
     if allow_missing_backbones:
         missing = [k for k in missing if not k.startswith(BACKBONE_PREFIXES)]
+    new_modules = [k for k in missing if allow_new_zero_init and k.startswith(ZERO_INIT_PREFIXES)]
+    missing = [k for k in missing if k not in new_modules]
     unexpected = sorted(set(sd) - set(own))
     wrong = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
     if missing or unexpected or wrong:
@@ -225,5 +235,5 @@ def load_policy_weights(policy: torch.nn.Module, ckpt_dir: str, use_ema: bool = 
             parts.append(f"unexpected keys: {fmt(unexpected)}")
         raise CheckpointError(f"checkpoint '{path}' does not fit the model ({'; '.join(parts)}). "
                               f"Check that the policy preset/config matches the one it was trained with.")
-    result = policy.load_state_dict(sd, strict=not allow_missing_backbones)
-    return {"path": path, "missing": list(getattr(result, "missing_keys", []))}
+    result = policy.load_state_dict(sd, strict=not (allow_missing_backbones or new_modules))
+    return {"path": path, "missing": list(getattr(result, "missing_keys", [])), "new_zero_init": new_modules}

@@ -87,8 +87,11 @@ class TrainDexGraspVLAControllerWorkspace:
         self.policy = hydra.utils.instantiate(cfg.policy)
         self.policy.set_normalizer(self.dataset.get_normalizer())
         if cfg.policy.get("start_ckpt_path"):
-            info = ckpt_lib.load_policy_weights(self.policy, cfg.policy.start_ckpt_path, use_ema=True)
-            acc.print(f"fine-tuning from {info['path']}")
+            info = ckpt_lib.load_policy_weights(self.policy, cfg.policy.start_ckpt_path, use_ema=True,
+                                                allow_new_zero_init=True)
+            acc.print(f"fine-tuning from {info['path']}"
+                      + (f" (new zero-initialised modules: {len(info['new_zero_init'])} tensors)"
+                         if info["new_zero_init"] else ""))
             self.policy.set_normalizer(self.dataset.get_normalizer())  # the new data's statistics
         n_trainable = self.policy.num_trainable_parameters()
         acc.print(f"policy: {n_trainable:,} trainable parameters ({n_trainable / 1e6:.2f}M); "

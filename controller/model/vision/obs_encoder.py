@@ -9,6 +9,11 @@ Architecture (DESIGN.md section 2, paper preset)::
     state      (B,T,13)    -> state_net MLP 13 -> 256 -> 1024                      -> (B, T, 1024)
     condition = concat along tokens -> (B, T*(1369+1369+1), 1024)
 
+Optional (``mask_geometry=True``, off in the paper preset): the mask's geometry -- presence,
+centroid, size, orientation and spread (:func:`mask_geometry`, 8 numbers) -- goes through a small
+MLP whose last layer starts at zero and is added to the state token. It makes the target's
+location explicit for models trained from scratch on little data (the ``small`` CPU preset).
+
 Images arrive as float [0, 1] in **BGR** order (as the robot cameras deliver and the dataset
 stores them); the encoder converts to RGB, applies colour jitter when training and ImageNet
 normalisation. State-dict names follow the reference (``dino_head``, ``dino_wrist``,
@@ -39,6 +44,39 @@ class _Transpose12(nn.Module):
         return x.transpose(1, 2)
 
 
+GEOMETRY_DIM = 8
+
+
+def mask_geometry(mask: torch.Tensor) -> torch.Tensor:
+    """Target-mask geometry: mask (N, 1, H, W) in [0, 1] -> (N, 8) features.
+
+    ``[present, cx, cy, 4*sqrt(area fraction), cos 2theta, sin 2theta, 4*sigma_major, 4*sigma_minor]``
+    with coordinates in [-1, 1] (x right, y down), theta the principal-axis angle and sigma the
+    standard deviations along the principal axes; all zeros for an empty mask.
+    """
+    m = (mask[:, 0] > 0.5).to(torch.float32)                                  # (N, H, W)
+    n, h, w = m.shape
+    ys = torch.linspace(-1.0, 1.0, h, device=m.device).view(1, h, 1)
+    xs = torch.linspace(-1.0, 1.0, w, device=m.device).view(1, 1, w)
+    area = m.sum(dim=(1, 2))                                                  # (N,)
+    a = area.clamp_min(1.0)
+    cx = (m * xs).sum(dim=(1, 2)) / a
+    cy = (m * ys).sum(dim=(1, 2)) / a
+    dx, dy = xs - cx.view(n, 1, 1), ys - cy.view(n, 1, 1)                      # (N, 1, W), (N, H, 1)
+    cxx = (m * dx * dx).sum(dim=(1, 2)) / a
+    cyy = (m * dy * dy).sum(dim=(1, 2)) / a
+    cxy = (m * dx * dy).sum(dim=(1, 2)) / a
+    root = torch.sqrt((cxx - cyy) ** 2 + 4 * cxy ** 2)
+    safe = root.clamp_min(1e-8)
+    cos2 = torch.where(root > 1e-8, (cxx - cyy) / safe, torch.zeros_like(root))
+    sin2 = torch.where(root > 1e-8, 2 * cxy / safe, torch.zeros_like(root))
+    major = torch.sqrt(((cxx + cyy + root) / 2).clamp_min(0.0))
+    minor = torch.sqrt(((cxx + cyy - root) / 2).clamp_min(0.0))
+    present = (area > 0).to(torch.float32)
+    feats = torch.stack([present, cx, cy, 4 * torch.sqrt(area / (h * w)), cos2, sin2, 4 * major, 4 * minor], dim=1)
+    return feats * present.view(n, 1)                                         # (N, 8)
+
+
 def _fusion_mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
     """Linear, LayerNorm, GELU, Dropout, Linear, LayerNorm (indices 0..5 as in the reference)."""
     return nn.Sequential(
@@ -67,7 +105,8 @@ class ObsEncoder(nn.Module):
     def __init__(self, shape_meta: Mapping, head: Mapping, wrist: Mapping,
                  feature_dim: Optional[int] = None, mask_layers: int = 4, mask_heads: int = 8,
                  mask_mlp_ratio: float = 4.0, state_hidden: int = 256, dropout: float = 0.1,
-                 color_jitter: Optional[Mapping] = None, feature_cache_path: Optional[str] = None) -> None:
+                 color_jitter: Optional[Mapping] = None, feature_cache_path: Optional[str] = None,
+                 mask_geometry: bool = False) -> None:
         super().__init__()
         self.shape_meta = validate_shape_meta(shape_meta, "obs_encoder.shape_meta")
         self.image_size = image_size_of(self.shape_meta)
@@ -106,6 +145,13 @@ class ObsEncoder(nn.Module):
         self.head_net = _fusion_mlp(2 * head_dim, self.feature_dim, self.feature_dim, dropout)
         self.wrist_net = _fusion_mlp(wrist_dim, self.feature_dim, self.feature_dim, dropout)
         self.state_net = _fusion_mlp(self.state_dim, state_hidden, self.feature_dim, dropout)
+        self.use_mask_geometry = bool(mask_geometry)
+        if self.use_mask_geometry:
+            self.mask_geometry_net = nn.Sequential(
+                nn.Linear(GEOMETRY_DIM, state_hidden), nn.LayerNorm(state_hidden), nn.GELU(),
+                nn.Linear(state_hidden, self.feature_dim))
+            nn.init.zeros_(self.mask_geometry_net[3].weight)  # starts as a no-op (fine-tuning keeps the function)
+            nn.init.zeros_(self.mask_geometry_net[3].bias)
 
         self.color_jitter = BatchColorJitter(**dict(color_jitter)) if color_jitter else None
         self.register_buffer("img_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -227,9 +273,13 @@ class ObsEncoder(nn.Module):
             wrist_rgb = obs["wrist_tokens"].flatten(0, 1)
         else:
             wrist_rgb = self.wrist_rgb_tokens(obs["right_cam_img"], training)
+        state = self.encode_state(obs["right_state"])        # (B, T, D)
+        if self.use_mask_geometry:
+            geo = mask_geometry(rgbm[:, :, -1:].flatten(0, 1))  # (B*T, 8)
+            state = state + self.mask_geometry_net(geo.to(state.dtype)).view(B, -1, state.shape[-1])
         tokens = [
             self.fuse_head(head_rgb, rgbm),                  # (B, T*n_head, D)
             self.fuse_wrist(wrist_rgb.to(rgbm.dtype), B),    # (B, T*n_wrist, D)
-            self.encode_state(obs["right_state"]),           # (B, T, D)
+            state,                                           # (B, T, D)
         ]
         return torch.cat(tokens, dim=1)                      # (B, N, D)
