@@ -7,7 +7,8 @@
 #      and where the logs, images and videos are.
 # The low-level controller is the shipped checkpoint when assets/controller_small_sim exists;
 # otherwise the simulator's scripted expert stands in for it (controller.type=expert) and the demo
-# says so. Extra arguments are passed to inference.sh (e.g. sim.seed=3 sim.n_objects=[2,2]).
+# says so. DEMO_CONTROLLER=policy|expert forces one (DEMO_CHECKPOINT=DIR picks another checkpoint).
+# Extra arguments are passed to inference.sh (e.g. sim.seed=3 sim.n_objects=[2,2]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -16,14 +17,21 @@ PORT="${DEMO_PLANNER_PORT:-$($PY -c 'import socket; s=socket.socket(); s.bind(("
 LOG_ROOT="${DEMO_LOG_ROOT:-logs/demo}"
 mkdir -p "$LOG_ROOT"
 
-CKPT=assets/controller_small_sim
-if [ -f "$CKPT/model.safetensors" ]; then
-  CONTROLLER=(controller.type=policy "controller.checkpoint=$CKPT")
-  echo "[demo] controller: shipped checkpoint $CKPT"
-else
-  CONTROLLER=(controller.type=expert)
-  echo "[demo] controller: no shipped checkpoint in $CKPT -> the simulator's scripted expert stands in"
+CKPT="${DEMO_CHECKPOINT:-assets/controller_small_sim}"
+MODE="${DEMO_CONTROLLER:-auto}"   # auto | policy | expert
+if [ "$MODE" = auto ]; then
+  if [ -f "$CKPT/model.safetensors" ]; then MODE=policy; else MODE=expert; fi
 fi
+case "$MODE" in
+  policy)
+    if [ ! -f "$CKPT/model.safetensors" ]; then echo "[demo] error: no checkpoint in $CKPT" >&2; exit 2; fi
+    CONTROLLER=(controller.type=policy "controller.checkpoint=$CKPT")
+    echo "[demo] controller: diffusion controller from $CKPT" ;;
+  expert)
+    CONTROLLER=(controller.type=expert)
+    echo "[demo] controller: the simulator's scripted expert stands in for the diffusion controller" ;;
+  *) echo "[demo] error: DEMO_CONTROLLER must be auto, policy or expert (got '$MODE')" >&2; exit 2 ;;
+esac
 
 echo "[demo] starting the offline planner server on 127.0.0.1:$PORT"
 $PY -m planner.server --host 127.0.0.1 --port "$PORT" --log-dir "$LOG_ROOT/planner_server" --log-level warning &
