@@ -16,6 +16,26 @@ __all__ = ["FlowTracker"]
 _K3 = np.ones((3, 3), np.uint8)
 
 
+_MIN_ROI = 64   # px: smallest full-resolution search region (grown around its centre)
+_MIN_WORK = 48  # px: smallest side of the working image handed to the DIS optical flow
+
+
+def _at_least(roi, side: int, w: int, h: int) -> tuple[int, int, int, int]:
+    """Grow ``roi`` (x1, y1, x2, y2) to at least ``side`` pixels per dimension inside a w x h image."""
+    x1, y1, x2, y2 = roi
+
+    def grow(a, b, limit):
+        target = min(side, limit)
+        if b - a >= target:
+            return a, b
+        a = min(max(0, int(round((a + b - target) / 2))), limit - target)
+        return a, a + target
+
+    x1, x2 = grow(x1, x2, w)
+    y1, y2 = grow(y1, y2, h)
+    return x1, y1, x2, y2
+
+
 class FlowTracker(MaskTracker):
     """Track an object mask through frames with no network weights.
 
@@ -131,10 +151,11 @@ class FlowTracker(MaskTracker):
 
         box = mask_to_box(self._shape)
         roi = expand_box(box, image.shape, frac=self.margin, pad=self.min_margin)
-        x1, y1, x2, y2 = roi
+        x1, y1, x2, y2 = _at_least(roi, _MIN_ROI, W, H)
         rw, rh = x2 - x1, y2 - y1
         scale = min(1.0, self.max_roi_side / max(rw, rh))
-        sw, sh = max(16, int(round(rw * scale))), max(16, int(round(rh * scale)))
+        # OpenCV's DIS flow crashes (segfault) on very small images: keep both sides >= _MIN_WORK
+        sw, sh = max(_MIN_WORK, int(round(rw * scale))), max(_MIN_WORK, int(round(rh * scale)))
 
         def down(a, interp=cv2.INTER_AREA):
             a = a[y1:y2, x1:x2]
