@@ -280,8 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=proto.DEFAULT_PORT, help="TCP port (default 8080)")
     args = parser.parse_args(argv)
     emu = ArmEmulator(args.host, args.port).start()
-    print(f"arm emulator serving on {emu.host}:{emu.port} (Ctrl-C to stop)", flush=True)
-    try:
+    try:  # entered before announcing the port: a Ctrl-C right after the announcement still stops cleanly
+        print(f"arm emulator serving on {emu.host}:{emu.port} (Ctrl-C to stop)", flush=True)
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:

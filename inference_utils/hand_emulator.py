@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unit-id", type=int, default=None, help="answer only this unit id")
     args = parser.parse_args(argv)
     emu = HandEmulator(args.host, args.port, speed_scale=args.speed_scale, unit_id=args.unit_id).start()
-    print(f"hand emulator serving Modbus TCP on {emu.host}:{emu.port} (Ctrl-C to stop)", flush=True)
-    try:
+    try:  # entered before announcing the port: a Ctrl-C right after the announcement still stops cleanly
+        print(f"hand emulator serving Modbus TCP on {emu.host}:{emu.port} (Ctrl-C to stop)", flush=True)
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
