@@ -63,6 +63,7 @@ class ScriptedExpert:
         self._key = None
         self._ik: ArmIK | None = None
         self._ik_model = None
+        self._t = 0
 
     # ------------------------------------------------------------------ planning
     def plan(self, env) -> None:
@@ -121,6 +122,17 @@ class ScriptedExpert:
         return self._grasp + s * (self._lift - self._grasp), yaw_end, hand
 
     @property
+    def plan_step(self) -> int:
+        """Index in the plan of the target last returned by :meth:`act` (-1 before the first)."""
+        return self._t - 1
+
+    @property
+    def descent_window(self) -> tuple[int, int]:
+        """Plan steps (start, end) of the descent: approach before it, closing the hand after it."""
+        t1 = getattr(self, "_n_approach", self.timing.approach)
+        return t1, t1 + self.timing.descend
+
+    @property
     def total_steps(self) -> int:
         """Steps until the lift is complete (the expert then holds)."""
         tm = self.timing
@@ -158,9 +170,8 @@ class ArmPerturbation:
         """Perturbation (7,) for the expert's current step (call after ``expert.act``)."""
         step = math.sqrt(2 * self.theta - self.theta ** 2) * self.sigma
         self.state = (1 - self.theta) * self.state + step * self.rng.standard_normal(7)
-        t = expert._t - 1
-        t1 = getattr(expert, "_n_approach", expert.timing.approach)
-        t2 = t1 + expert.timing.descend
+        t = expert.plan_step
+        t1, t2 = expert.descent_window
         scale = 1.0 if t < t1 else max(0.0, 1.0 - (t - t1 + 1) / max(t2 - t1 - 2, 1))
         return scale * self.state
 
