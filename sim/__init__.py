@@ -7,6 +7,13 @@ Public API::
         obs, info = env.reset(seed=0, split="train")
         obs, reward, terminated, truncated, info = env.step(action13)
 """
+import os as _os
+
+if "MUJOCO_GL" not in _os.environ:  # before any sim module imports mujoco: EGL, or OSMesa without libEGL
+    import ctypes.util as _ctypes_util
+    _os.environ["MUJOCO_GL"] = "egl" if _ctypes_util.find_library("EGL") else "osmesa"
+_os.environ.setdefault("PYOPENGL_PLATFORM", _os.environ["MUJOCO_GL"])
+
 from sim.config import CLUTTER_LEVELS, SPLITS, SimConfig, SimConfigError
 
 __all__ = ["GraspEnv", "SimConfig", "SimConfigError", "SPLITS", "CLUTTER_LEVELS", "ScriptedExpert"]

@@ -28,9 +28,9 @@ from sim.config import SPLITS, SimConfig, SimConfigError, check_split
 _WORKER_ENV = None
 
 
-def _episode(env, seed: int, split: str, action_noise: float = 0.0) -> dict:
+def _episode(env, seed: int, split: str, action_noise: float = 0.0, target: str = "scene") -> dict:
     from sim.expert import run_expert_episode
-    return run_expert_episode(env, seed, split, record=True, action_noise=action_noise)
+    return run_expert_episode(env, seed, split, record=True, action_noise=action_noise, target=target)
 
 
 def _worker_init(config: SimConfig) -> None:
@@ -39,7 +39,7 @@ def _worker_init(config: SimConfig) -> None:
     _WORKER_ENV = GraspEnv(config)
 
 
-def _worker_run(args: tuple[int, str, float]) -> dict:
+def _worker_run(args: tuple[int, str, float, str]) -> dict:
     return _episode(_WORKER_ENV, *args)
 
 
@@ -71,11 +71,15 @@ def _as_episode(frames: dict) -> dict:
 
 def collect(out: str, episodes: int, split: str = "train", seed: int = 0, workers: int = 1,
             n_objects: tuple[int, int] = (4, 10), clutter: str = "normal", keep_failed: bool = False,
-            zarr_format: int = 2, progress: bool = True, action_noise: float = 0.0) -> dict:
+            zarr_format: int = 2, progress: bool = True, action_noise: float = 0.0,
+            target: str = "scene") -> dict:
     """Collect ``episodes`` expert episodes into ``out``; returns a summary dict.
 
     ``action_noise`` > 0 perturbs the executed arm targets (recorded actions stay clean; see
-    :class:`sim.expert.ArmPerturbation`) so the data shows recoveries from off-plan states."""
+    :class:`sim.expert.ArmPerturbation`) so the data shows recoveries from off-plan states.
+    ``target="random"`` grasps a uniformly drawn object per scene instead of the designated one
+    (a planner's choice is often an object near the rim or next to others)."""
+    from sim.expert import TARGET_CHOICES
     check_split(split)
     if episodes < 1:
         raise SimConfigError(f"episodes must be >= 1, got {episodes}")
@@ -85,10 +89,12 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
         raise SimConfigError(f"seed must be >= 0, got {seed}")
     if not 0.0 <= action_noise <= 0.2:
         raise SimConfigError(f"action_noise must be in [0, 0.2] (normalised joint units), got {action_noise}")
+    if target not in TARGET_CHOICES:
+        raise SimConfigError(f"target must be one of {', '.join(TARGET_CHOICES)}, got {target!r}")
     config = SimConfig(n_objects=tuple(n_objects), clutter=clutter, split=split)
     writer = open_store(out, (config.image_height, config.image_width), zarr_format)
     max_attempts = 2 * episodes + 10
-    jobs = [(seed + i, split, float(action_noise)) for i in range(max_attempts)]
+    jobs = [(seed + i, split, float(action_noise), target) for i in range(max_attempts)]
     stored, failed, seeds_used, lengths = 0, [], [], []
     t0 = time.time()
     bar = tqdm(total=episodes, desc=f"collect {split}", unit="ep", disable=not progress)
@@ -134,10 +140,10 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
                "total_episodes_in_store": writer.n_episodes, "total_frames_in_store": writer.n_steps,
                "elapsed_s": elapsed, "episodes_per_min": 60.0 * (stored + len(failed)) / max(elapsed, 1e-9),
                "n_objects": list(n_objects), "clutter": clutter, "keep_failed": keep_failed,
-               "action_noise": float(action_noise)}
+               "action_noise": float(action_noise), "target": target}
     history = list(writer.root.attrs.get("sim_collect", []))  # provenance of every collection run
     history.append({k: summary[k] for k in ("split", "stored", "seeds", "failed_seeds", "n_objects", "clutter",
-                                            "action_noise")})
+                                            "action_noise", "target")})
     writer.root.attrs["sim_collect"] = history
     if stored < episodes:
         print(f"warning: only {stored}/{episodes} successful episodes after {max_attempts} attempts",
@@ -161,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--action-noise", type=float, default=0.0,
                    help="std of correlated noise on the executed arm targets during the approach "
                         "(normalised joint units, e.g. 0.01); recorded actions stay the expert's")
+    p.add_argument("--target", default="scene", choices=("scene", "random"),
+                   help="object to grasp: the scene's designated target (placed clear of the rim and of "
+                        "other objects) or one drawn uniformly per scene")
     return p
 
 
@@ -170,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_split(args.split)
         s = collect(args.out, args.episodes, args.split, args.seed, args.workers, tuple(args.objects),
-                    args.clutter, args.keep_failed, args.zarr_format, action_noise=args.action_noise)
+                    args.clutter, args.keep_failed, args.zarr_format, action_noise=args.action_noise,
+                    target=args.target)
     except (SimConfigError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -258,6 +258,12 @@ class GraspEnv:
         """RGB head image (gymnasium ``rgb_array`` convention)."""
         return self.render_cameras()["head_bgr"][:, :, ::-1].copy()
 
+    def observe(self) -> dict:
+        """The current observation (same keys as ``step``), re-rendered without stepping, e.g.
+        after :meth:`set_target` changed which object's mask goes into ``rgbm``."""
+        self._require_reset()
+        return self._observe()
+
     def _observe(self) -> dict:
         if not self.config.render_observations:
             h, w = self.config.image_height, self.config.image_width

@@ -176,15 +176,27 @@ class ArmPerturbation:
         return scale * self.state
 
 
+#: How :func:`run_expert_episode` picks the object to grasp.
+TARGET_CHOICES = ("scene", "random")
+
+
 def run_expert_episode(env, seed: int, split: str = "train", expert: ScriptedExpert | None = None,
-                       record: bool = False, action_noise: float = 0.0) -> dict:
+                       record: bool = False, action_noise: float = 0.0, target: str = "scene") -> dict:
     """Run one expert episode; returns success, steps and (if ``record``) the frames and actions.
 
     With ``action_noise > 0`` the arm executes the expert's target plus :class:`ArmPerturbation`
     noise (std in normalised joint units) while the recorded action stays the clean target.
+    ``target``: ``"scene"`` grasps the scene's designated target (placed away from the rim with a
+    free ring around it); ``"random"`` grasps an object drawn uniformly from the scene (seeded by
+    ``seed``), as a planner choosing e.g. the rightmost free object would ask for.
     """
+    if target not in TARGET_CHOICES:
+        raise ValueError(f"target must be one of {TARGET_CHOICES}, got {target!r}")
     expert = expert or ScriptedExpert()
     obs, info = env.reset(seed=seed, split=split)
+    if target == "random":
+        env.set_target(int(np.random.default_rng(seed + 9_000_011).integers(env.n_objects)))
+        obs = env.observe()
     frames = {"right_cam_img": [], "rgbm": [], "right_state": [], "action": []}
     perturb = ArmPerturbation(action_noise, seed=seed + 7_000_003) if action_noise > 0 else None
     while True:
@@ -201,7 +213,8 @@ def run_expert_episode(env, seed: int, split: str = "train", expert: ScriptedExp
         if terminated or truncated:
             break
     out = {"seed": seed, "split": split, "success": bool(info["success"]), "steps": env.steps,
-           "target_lift_m": info["target_lift_m"], "target_shape": env.scene.objects[env.target].shape}
+           "target_lift_m": info["target_lift_m"], "target_shape": env.scene.objects[env.target].shape,
+           "target": int(env.target)}
     if record:
         out["frames"] = frames
     return out

@@ -75,3 +75,13 @@ def test_unwritable_output_and_unknown_split(tmp_path, capsys):
     assert "mars" in err and "unseen_lighting" in err
     assert main(["--out", str(tmp_path / "y.zarr"), "--episodes", "1", "--objects", "0", "3"]) == 2
     assert "n_objects" in capsys.readouterr().err
+    with pytest.raises(Exception, match="target must be one of"):
+        collect(str(tmp_path / "z.zarr"), episodes=1, target="biggest", progress=False)
+
+
+def test_random_target_provenance(tmp_path):
+    out = tmp_path / "r.zarr"
+    assert main(["--out", str(out), "--episodes", "1", "--seed", "2", "--objects", "4", "5",
+                 "--target", "random"]) == 0
+    _check_store(out, 1)
+    assert zarr.open_group(str(out), mode="r").attrs["sim_collect"][-1]["target"] == "random"

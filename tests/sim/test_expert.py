@@ -48,3 +48,29 @@ def test_action_noise_perturbs_the_arm_but_not_the_labels(env_factory):
     assert np.abs(states_c[:, :7] - states_n[:, :7]).max() > 5e-3  # the arm really went off the plan
     assert np.array_equal(np.stack(noisy["frames"]["right_state"]), np.stack(again["frames"]["right_state"]))
     assert clean["success"] and noisy["success"]
+
+
+def test_random_target_grasps_the_drawn_object_and_masks_it(env_factory):
+    """``target="random"`` grasps an object other than the designated one in some scenes, the
+    recorded ``rgbm`` mask is that object's from the first frame, and the expert lifts it."""
+    import numpy as np
+
+    with env_factory(n_objects=(4, 6)) as env:
+        results = [run_expert_episode(env, seed, "train", ScriptedExpert(), record=True, target="random")
+                   for seed in (0, 1, 2)]
+        designated = []
+        for r in results:
+            env.reset(seed=r["seed"], split="train")
+            designated.append(env.scene.target)
+            env.set_target(r["target"])
+            seg = env.render_cameras()["head_seg"]
+            assert np.array_equal(r["frames"]["rgbm"][0][:, :, 3] > 0, seg == r["target"])
+    assert any(r["target"] != d for r, d in zip(results, designated))
+    assert sum(r["success"] for r in results) >= 2, results
+
+
+def test_unknown_target_choice_is_rejected(env_factory):
+    import pytest
+
+    with env_factory(render_observations=False) as env, pytest.raises(ValueError, match="target must be one of"):
+        run_expert_episode(env, 0, "train", target="nearest")
