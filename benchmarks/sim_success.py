@@ -37,7 +37,11 @@ def _iou(a, b) -> float:
 
 
 def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split: str, n_execute: int) -> dict:
-    """One planner-chosen grasp attempt with perceived masks. Returns a record."""
+    """One planner-chosen grasp attempt with perceived masks. Returns a record, including how well
+    the perceived mask matched the chosen object's true visible mask (IoU; empty vs empty = 1) at
+    the first frame and on average over the attempt, and whether the planner picked the scene's
+    designated target (the only object the controller-only column grasps)."""
+    from inference_utils.perception.masks import mask_iou
     t0 = time.time()
     obs, info = env.reset(seed=seed, split=split)
     cams = env.render_cameras()
@@ -47,8 +51,10 @@ def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split
     ious = [_iou(box, o["bbox_head"]) if o.get("bbox_head") is not None else 0.0 for o in info["objects"]]
     chosen = int(np.argmax(ious))
     env.set_target(chosen)
+    gt_mask = env.observe()["rgbm"][..., 3] > 0          # ground truth of the chosen object, for the record
     mask = segmenter.segment(head, box)
     tracker.start(head, mask)
+    mask_ious = [mask_iou(mask, gt_mask)]
     done, steps = False, 0
     while not done:
         rgbm = np.concatenate([obs["rgbm"][..., :3], (mask.astype(np.uint8) * 255)[..., None]], axis=2)
@@ -56,11 +62,14 @@ def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split
         for action in chunk[:n_execute]:
             obs, _, terminated, truncated, info = env.step(action)
             mask = tracker.track(obs["rgbm"][..., :3])
+            mask_ious.append(mask_iou(mask, obs["rgbm"][..., 3] > 0))
             steps += 1
             if terminated or truncated:
                 done = True
                 break
     return {"seed": seed, "success": bool(info["success"]), "steps": steps, "box_iou": float(max(ious)),
+            "chosen": chosen, "designated_target": int(env.scene.target),
+            "mask_iou_first": float(mask_ious[0]), "mask_iou_mean": float(np.mean(mask_ious)),
             "instruction": instruction.instruction, "seconds": time.time() - t0}
 
 
@@ -116,6 +125,9 @@ def main(argv=None) -> int:
                                 "wilson95": list(wilson_interval(k, len(recs))),
                                 "s_per_attempt": float(np.mean([r["seconds"] for r in recs])),
                                 "mean_box_iou": float(np.mean([r.get("box_iou", 0.0) for r in recs])),
+                                "mean_mask_iou": float(np.mean([r.get("mask_iou_mean", 0.0) for r in recs])),
+                                "designated_chosen": int(sum(r.get("chosen") == r.get("designated_target")
+                                                             for r in recs)),
                                 "records": recs}
         rows[split] = row
 
@@ -127,6 +139,13 @@ def main(argv=None) -> int:
                  f"n={row[c]['n']})" for c in args.columns]
         secs = [f"{row[c]['s_per_attempt']:.1f}" for c in args.columns]
         lines.append(f"| {split} | " + " | ".join(cells) + " | " + " | ".join(secs) + " |")
+    if "hierarchy" in args.columns:
+        lines += ["", "Hierarchy diagnostics: | split | mean box IoU | mean mask IoU (perceived vs true) | "
+                      "planner chose the designated target |", "|---|---|---|---|"]
+        for split, row in rows.items():
+            h = row["hierarchy"]
+            lines.append(f"| {split} | {h['mean_box_iou']:.2f} | {h['mean_mask_iou']:.2f} | "
+                         f"{h['designated_chosen']}/{h['n']} |")
     table = "\n".join(lines)
     print(table)
     out = Path(args.out)
