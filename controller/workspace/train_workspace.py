@@ -110,6 +110,10 @@ class TrainDexGraspVLAControllerWorkspace:
         if cfg.training.use_ema:
             from controller.model.diffusion.ema_model import EMAModel
             self.ema = EMAModel(self.policy, **cfg.ema)
+        if cfg.training.get("compile"):
+            # in place (nn.Module.compile): parameter names and checkpoints stay as they are
+            self.policy.model.compile(**dict(cfg.training.get("compile_options") or {}))
+            acc.print("torch.compile: the denoiser (policy.model) is compiled on its first step")
         self.model, self.optimizer = acc.prepare(self.policy, self.optimizer)
 
     # ------------------------------------------------------------------ checkpoint

@@ -142,3 +142,18 @@ def test_ema_accumulation_and_offline_wandb(tmp_path, dataset):
     ema_w = ema_policy.model.head.weight
     raw_w = raw_policy.model.head.weight
     assert not torch.equal(ema_w, raw_w)
+
+
+def test_compiled_denoiser_trains_and_keeps_checkpoint_keys(tmp_path, dataset, full_run):
+    """``training.compile=true`` compiles the denoiser in place (torch.compile, inductor on CPU):
+    training runs, the loss is finite, and the checkpoint has exactly the eager run's keys."""
+    import math
+
+    out = tmp_path / "compiled"
+    metrics = _train(out, dataset, ["training.num_epochs=1", "training.compile=true", "training.sample_every=0",
+                                    "training.val_every=0", "training.max_train_steps=4"])
+    assert math.isfinite(metrics["train_loss"])
+    eager = _weights(full_run[0])
+    compiled = _weights(out)
+    assert set(compiled) == set(eager)
+    assert all(compiled[k].shape == eager[k].shape for k in eager)
