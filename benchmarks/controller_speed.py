@@ -13,7 +13,9 @@ For each preset (random weights -- nothing is downloaded) it prints and writes t
   split, the ratio to the straightforward path, the max |difference| of the actions (same noise)
   and the process's peak RSS after the row's first run (monotone: a later row can only show more).
 * **training step** (``--train-batch``): forward + backward + AdamW step from images (backbones
-  run) vs from cached backbone tokens (fed as tensors, mask-only ``rgbm``). The backbones are built
+  run) vs from cached backbone tokens (fed as tensors, mask-only ``rgbm``), and both again with
+  the denoiser under ``torch.compile`` (``training.compile=true``; ``--no-compile`` skips these
+  rows; the compiling first step is reported, not timed). The backbones are built
   frozen for this (the small preset trains them by default, which rules out a cache).
 * **loader**: ms per sample of ``GraspDataset`` from 480x640 frames vs from a feature cache
   (paper-shaped tokens), single process, against the step time per sample.
@@ -121,8 +123,10 @@ def inference_rows(policy, obs, noise, default_threads: int, repeats: int, warmu
 
 
 # ---------------------------------------------------------------------------- training
-def train_rows(policy, cfg, batch_size: int, repeats: int, warmup: bool, threads: int):
-    """Training step from images vs from cached tokens (same weights, same batch)."""
+def train_rows(policy, cfg, batch_size: int, repeats: int, warmup: bool, threads: int, compile_rows: bool = True):
+    """Training step from images vs from cached tokens (same weights, same batch); with
+    ``compile_rows`` also both with the denoiser under ``torch.compile`` (``training.compile``),
+    whose first (compiling) step is reported as ``first_step_s`` and never timed."""
     from tests.controller.conftest import random_obs
     torch.set_num_threads(threads)
     size = int(cfg.image_size)
@@ -136,10 +140,16 @@ def train_rows(policy, cfg, batch_size: int, repeats: int, warmup: bool, threads
     pad = torch.zeros(batch_size, policy.action_horizon, dtype=torch.bool)
     batches = {"images (backbones run)": {"obs": obs, "action": action, "action_is_pad": pad},
                "cached features": {"obs": cached_obs, "action": action, "action_is_pad": pad}}
+    eager = policy.model
+    rows = [(name, batch, eager) for name, batch in batches.items()]
+    if compile_rows:
+        compiled = torch.compile(eager)  # shares the parameters (and so the optimiser) with ``eager``
+        rows += [(f"{name} + compiled denoiser", batch, compiled) for name, batch in batches.items()]
     policy.train()
     opt = policy.get_optimizer(lr=1e-5, weight_decay=1e-4)
 
-    def step(batch):
+    def step(batch, model):
+        policy.model = model
         t = time.perf_counter()
         loss = policy.compute_loss(batch)
         loss.backward()
@@ -147,18 +157,21 @@ def train_rows(policy, cfg, batch_size: int, repeats: int, warmup: bool, threads
         opt.zero_grad(set_to_none=True)
         return time.perf_counter() - t
 
-    if warmup:
-        for b in batches.values():
-            step(b)
-    times = {k: [] for k in batches}
+    compile_s = {}
+    for name, batch, model in rows:
+        if warmup or model is not eager:  # the first compiled call compiles: never timed
+            compile_s[name] = step(batch, model)
+    times = {name: [] for name, _, _ in rows}
     for r in range(repeats):
-        for k, b in batches.items():
-            times[k].append(step(b))
-            print(f"  round {r}: train step, {k}: {times[k][-1]:.2f} s", flush=True)
+        for name, batch, model in rows:
+            times[name].append(step(batch, model))
+            print(f"  round {r}: train step, {name}: {times[name][-1]:.2f} s", flush=True)
+    policy.model = eager
     policy.eval()
     base = statistics.median(times["images (backbones run)"])
     return [{"row": k, "batch": batch_size, "threads": threads, "step_s": statistics.median(v), "runs_s": v,
-             "speedup": base / statistics.median(v), "peak_rss_gb": peak_rss_gb()} for k, v in times.items()]
+             "speedup": base / statistics.median(v), "first_step_s": compile_s.get(k),
+             "peak_rss_gb": peak_rss_gb()} for k, v in times.items()]
 
 
 # ---------------------------------------------------------------------------- loader
@@ -194,6 +207,7 @@ def main() -> None:
     ap.add_argument("--train-batch", type=int, default=None, help="default: paper 2, small 8, tiny 8")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-inference", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile training rows")
     ap.add_argument("--quick", action="store_true", help="1 repeat, no warm-up (smoke run)")
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     args = ap.parse_args()
@@ -215,7 +229,8 @@ def main() -> None:
             entry["inference"] = inference_rows(policy, obs, noise, default_threads, repeats, warmup)
         if not args.skip_train:
             threads = entry["inference"][-1]["threads"] if "inference" in entry else default_threads
-            entry["train"] = train_rows(policy, cfg, args.train_batch or TRAIN_BATCH[preset], repeats, warmup, threads)
+            entry["train"] = train_rows(policy, cfg, args.train_batch or TRAIN_BATCH[preset], repeats, warmup, threads,
+                                        compile_rows=not args.no_compile)
             entry["loader"] = loader_rows(policy, cfg)
         report["presets"][preset] = entry
         del policy
@@ -238,8 +253,9 @@ def print_report(report: dict) -> None:
                       f"{r['speedup']:8.2f} {r['diffusion_speedup']:7.2f} {r['max_abs_diff']:9.2e} {r['peak_rss_gb']:7.2f}")
         if "train" in e:
             for r in e["train"]:
-                print(f"train step, {r['row']:36s} batch {r['batch']}, {r['threads']} thr: {r['step_s']:7.2f} s  "
-                      f"x{r['speedup']:.2f}  (per sample {r['step_s'] / r['batch'] * 1e3:.0f} ms)")
+                first = f", first step {r['first_step_s']:.0f} s" if "compiled" in r["row"] and r.get("first_step_s") else ""
+                print(f"train step, {r['row']:52s} batch {r['batch']}, {r['threads']} thr: {r['step_s']:7.2f} s  "
+                      f"x{r['speedup']:.2f}  (per sample {r['step_s'] / r['batch'] * 1e3:.0f} ms{first})")
             for r in e["loader"]:
                 print(f"loader, {r['row']:40s} {r['ms_per_sample']:8.1f} ms/sample (1 process)")
 

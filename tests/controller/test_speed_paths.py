@@ -66,7 +66,7 @@ def test_cached_backbone_tokens_give_the_image_path_actions(tiny):
 
 
 def test_benchmark_quick_runs(tmp_path):
-    res = run_cli(["benchmarks/controller_speed.py", "--policy", "tiny", "--quick", "--out", str(tmp_path)],
+    res = run_cli(["benchmarks/controller_speed.py", "--policy", "tiny", "--quick", "--no-compile", "--out", str(tmp_path)],
                   cwd=REPO, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "straightforward" in res.stdout and "cached features" in res.stdout
