@@ -66,8 +66,8 @@ def test_cached_backbone_tokens_give_the_image_path_actions(tiny):
 
 
 def test_benchmark_quick_runs(tmp_path):
-    res = run_cli(["benchmarks/controller_speed.py", "--policy", "tiny", "--quick", "--no-compile", "--out", str(tmp_path)],
-                  cwd=REPO, timeout=300)
+    res = run_cli(["benchmarks/controller_speed.py", "--policy", "tiny", "--quick", "--no-compile",
+                   "--out", str(tmp_path)], cwd=REPO, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "straightforward" in res.stdout and "cached features" in res.stdout
     assert any(p.name.startswith("controller_speed_") for p in tmp_path.iterdir())
