@@ -4,7 +4,8 @@
 * full hierarchy: the offline planner server (over HTTP) proposes the next object and its box,
   the segmenter turns the box into a mask, the tracker follows it every control step and the
   controller acts on that mask; one grasp attempt per scene; success = the object the planner
-  chose (matched to the simulator's objects by box IoU) is lifted and held.
+  chose (matched to the simulator's objects by box IoU) is lifted and held;
+* optional diagnostic ``hierarchy_true_mask``: the planner's choice with its ground-truth mask.
 
     python benchmarks/sim_success.py --checkpoint CKPT --episodes 50 [--splits train unseen_objects ...]
 
@@ -36,11 +37,13 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split: str, n_execute: int) -> dict:
+def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split: str, n_execute: int,
+                      true_mask: bool = False) -> dict:
     """One planner-chosen grasp attempt with perceived masks. Returns a record, including how well
     the perceived mask matched the chosen object's true visible mask (IoU; empty vs empty = 1) at
     the first frame and on average over the attempt, and whether the planner picked the scene's
-    designated target (the only object the controller-only column grasps)."""
+    designated target (the only object the controller-only column grasps). ``true_mask`` feeds the
+    chosen object's ground-truth mask instead of the perceived one (isolates perception errors)."""
     from inference_utils.perception.masks import mask_iou
     t0 = time.time()
     obs, info = env.reset(seed=seed, split=split)
@@ -57,7 +60,8 @@ def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split
     mask_ious = [mask_iou(mask, gt_mask)]
     done, steps = False, 0
     while not done:
-        rgbm = np.concatenate([obs["rgbm"][..., :3], (mask.astype(np.uint8) * 255)[..., None]], axis=2)
+        rgbm = obs["rgbm"] if true_mask else np.concatenate(
+            [obs["rgbm"][..., :3], (mask.astype(np.uint8) * 255)[..., None]], axis=2)
         chunk = policy.predict_chunk({**obs, "rgbm": rgbm})
         for action in chunk[:n_execute]:
             obs, _, terminated, truncated, info = env.step(action)
@@ -80,7 +84,9 @@ def main(argv=None) -> int:
     ap.add_argument("--splits", nargs="+", default=SPLITS)
     ap.add_argument("--seed", type=int, default=100000, help="first scene seed (held out from collection)")
     ap.add_argument("--execute", type=int, default=6)
-    ap.add_argument("--columns", nargs="+", default=["controller", "hierarchy"], choices=["controller", "hierarchy"])
+    ap.add_argument("--columns", nargs="+", default=["controller", "hierarchy"],
+                    choices=["controller", "hierarchy", "hierarchy_true_mask"],
+                    help="hierarchy_true_mask: the planner's object with its ground-truth mask (diagnostic)")
     ap.add_argument("--time-limit", type=float, default=15.0)
     ap.add_argument("--out", default="benchmarks/results/sim_success")
     args = ap.parse_args(argv)
@@ -106,29 +112,29 @@ def main(argv=None) -> int:
             s = run_evaluation(policy, split, args.episodes, args.seed, 0, None, args.execute, config)
             row["controller"] = {"successes": s["successes"], "n": args.episodes, "rate": s["success_rate"],
                                  "wilson95": s["wilson95"], "s_per_attempt": (time.time() - t) / args.episodes}
-        if "hierarchy" in args.columns:
+        for column in [c for c in args.columns if c.startswith("hierarchy")]:
             recs = []
             with serve_in_thread(create_app()) as base_url, GraspEnv(config.with_(split=split)) as env:
                 planner = DexGraspVLAPlanner(base_url + "/v1", timeout=30, max_retries=1)
                 segmenter = build_segmenter({"segmenter": {"backend": "grabcut"}})
                 tracker = build_tracker({"tracker": {"backend": "flow"}})
-                for i in tqdm(range(args.episodes), desc=f"hierarchy {split}", unit="ep"):
+                for i in tqdm(range(args.episodes), desc=f"{column} {split}", unit="ep"):
                     torch.manual_seed(args.seed + i)
                     tracker.reset()
                     try:
                         recs.append(hierarchy_episode(env, policy, planner, segmenter, tracker, args.seed + i,
-                                                      split, args.execute))
+                                                      split, args.execute, column == "hierarchy_true_mask"))
                     except Exception as exc:  # noqa: BLE001 - a planner/perception failure is a failed attempt
                         recs.append({"seed": args.seed + i, "success": False, "error": repr(exc), "seconds": 0.0})
             k = sum(r["success"] for r in recs)
-            row["hierarchy"] = {"successes": k, "n": len(recs), "rate": k / len(recs),
-                                "wilson95": list(wilson_interval(k, len(recs))),
-                                "s_per_attempt": float(np.mean([r["seconds"] for r in recs])),
-                                "mean_box_iou": float(np.mean([r.get("box_iou", 0.0) for r in recs])),
-                                "mean_mask_iou": float(np.mean([r.get("mask_iou_mean", 0.0) for r in recs])),
-                                "designated_chosen": int(sum(r.get("chosen") == r.get("designated_target")
-                                                             for r in recs)),
-                                "records": recs}
+            row[column] = {"successes": k, "n": len(recs), "rate": k / len(recs),
+                           "wilson95": list(wilson_interval(k, len(recs))),
+                           "s_per_attempt": float(np.mean([r["seconds"] for r in recs])),
+                           "mean_box_iou": float(np.mean([r.get("box_iou", 0.0) for r in recs])),
+                           "mean_mask_iou": float(np.mean([r.get("mask_iou_mean", 0.0) for r in recs])),
+                           "designated_chosen": int(sum(r.get("chosen") == r.get("designated_target")
+                                                        for r in recs)),
+                           "records": recs}
         rows[split] = row
 
     lines = ["| split | " + " | ".join(f"{c} success (95 % CI)" for c in args.columns) + " | " +
@@ -139,11 +145,12 @@ def main(argv=None) -> int:
                  f"n={row[c]['n']})" for c in args.columns]
         secs = [f"{row[c]['s_per_attempt']:.1f}" for c in args.columns]
         lines.append(f"| {split} | " + " | ".join(cells) + " | " + " | ".join(secs) + " |")
-    if "hierarchy" in args.columns:
-        lines += ["", "Hierarchy diagnostics: | split | mean box IoU | mean mask IoU (perceived vs true) | "
-                      "planner chose the designated target |", "|---|---|---|---|"]
+    for column in [c for c in args.columns if c.startswith("hierarchy")]:
+        lines += ["", f"Diagnostics of `{column}`:", "",
+                  "| split | mean box IoU | mean mask IoU (perceived vs true) | planner chose the designated target |",
+                  "|---|---|---|---|"]
         for split, row in rows.items():
-            h = row["hierarchy"]
+            h = row[column]
             lines.append(f"| {split} | {h['mean_box_iou']:.2f} | {h['mean_mask_iou']:.2f} | "
                          f"{h['designated_chosen']}/{h['n']} |")
     table = "\n".join(lines)

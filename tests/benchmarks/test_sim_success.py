@@ -35,4 +35,4 @@ def test_one_episode_per_column_writes_table(tmp_path):
     assert rec["steps"] > 0 and 0.0 <= rec["mask_iou_first"] <= 1.0 and 0.0 <= rec["box_iou"] <= 1.0
     assert rec["box_iou"] > 0.5 and rec["mask_iou_first"] > 0.5  # the planner's box and GrabCut find the object
     md = (out / "sim_success.md").read_text()
-    assert "| unseen_lighting |" in md and "Hierarchy diagnostics" in md
+    assert "| unseen_lighting |" in md and "Diagnostics of `hierarchy`" in md
