@@ -77,8 +77,8 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
 
     ``action_noise`` > 0 perturbs the executed arm targets (recorded actions stay clean; see
     :class:`sim.expert.ArmPerturbation`) so the data shows recoveries from off-plan states.
-    ``target="random"`` grasps a uniformly drawn object per scene instead of the designated one
-    (a planner's choice is often an object near the rim or next to others)."""
+    ``target="random"`` grasps a uniformly drawn object per scene instead of the designated one,
+    ``target="planner"`` the offline planner's first pick (often near the rim or next to others)."""
     from sim.expert import TARGET_CHOICES
     check_split(split)
     if episodes < 1:
@@ -167,9 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--action-noise", type=float, default=0.0,
                    help="std of correlated noise on the executed arm targets during the approach "
                         "(normalised joint units, e.g. 0.01); recorded actions stay the expert's")
-    p.add_argument("--target", default="scene", choices=("scene", "random"),
+    p.add_argument("--target", default="scene", choices=("scene", "random", "planner"),
                    help="object to grasp: the scene's designated target (placed clear of the rim and of "
-                        "other objects) or one drawn uniformly per scene")
+                        "other objects), one drawn uniformly per scene, or the offline planner's first "
+                        "pick (rightmost object not hemmed in)")
     return p
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from inference_utils.robot_spec import normalize_arm
 from sim.kinematics import ArmIK, topdown_rotation
 from sim.robot_model import HOME_ARM_Q
+from sim.targets import TARGET_CHOICES, pick_target  # TARGET_CHOICES re-exported for sim.collect
 
 
 def _wrap(a: float) -> float:
@@ -176,10 +177,6 @@ class ArmPerturbation:
         return scale * self.state
 
 
-#: How :func:`run_expert_episode` picks the object to grasp.
-TARGET_CHOICES = ("scene", "random")
-
-
 def run_expert_episode(env, seed: int, split: str = "train", expert: ScriptedExpert | None = None,
                        record: bool = False, action_noise: float = 0.0, target: str = "scene") -> dict:
     """Run one expert episode; returns success, steps and (if ``record``) the frames and actions.
@@ -188,15 +185,17 @@ def run_expert_episode(env, seed: int, split: str = "train", expert: ScriptedExp
     noise (std in normalised joint units) while the recorded action stays the clean target.
     ``target``: ``"scene"`` grasps the scene's designated target (placed away from the rim with a
     free ring around it); ``"random"`` grasps an object drawn uniformly from the scene (seeded by
-    ``seed``), as a planner choosing e.g. the rightmost free object would ask for.
+    ``seed``); ``"planner"`` the object the offline planner picks first (see :mod:`sim.targets`).
     """
     if target not in TARGET_CHOICES:
         raise ValueError(f"target must be one of {TARGET_CHOICES}, got {target!r}")
     expert = expert or ScriptedExpert()
     obs, info = env.reset(seed=seed, split=split)
-    if target == "random":
-        env.set_target(int(np.random.default_rng(seed + 9_000_011).integers(env.n_objects)))
-        obs = env.observe()
+    if target != "scene":
+        chosen = pick_target(env, info, target, seed)
+        if chosen != env.target:
+            env.set_target(chosen)
+            obs = env.observe()
     frames = {"right_cam_img": [], "rgbm": [], "right_state": [], "action": []}
     perturb = ArmPerturbation(action_noise, seed=seed + 7_000_003) if action_noise > 0 else None
     while True:

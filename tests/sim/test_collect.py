@@ -85,3 +85,11 @@ def test_random_target_provenance(tmp_path):
                  "--target", "random"]) == 0
     _check_store(out, 1)
     assert zarr.open_group(str(out), mode="r").attrs["sim_collect"][-1]["target"] == "random"
+
+
+def test_planner_target_provenance(tmp_path):
+    out = tmp_path / "p.zarr"
+    assert main(["--out", str(out), "--episodes", "1", "--seed", "5", "--objects", "4", "5",
+                 "--target", "planner"]) == 0
+    _check_store(out, 1)
+    assert zarr.open_group(str(out), mode="r").attrs["sim_collect"][-1]["target"] == "planner"

@@ -74,3 +74,27 @@ def test_unknown_target_choice_is_rejected(env_factory):
 
     with env_factory(render_observations=False) as env, pytest.raises(ValueError, match="target must be one of"):
         run_expert_episode(env, 0, "train", target="nearest")
+
+
+def test_planner_target_is_the_offline_planners_pick(env_factory):
+    """``target="planner"`` designates the simulator object whose box the offline planner's own
+    choice (classical vision on the head image: rightmost object not hemmed in) matches, and the
+    expert lifts it."""
+    import numpy as np
+
+    from planner.server.segmentation import analyse_scene
+    from planner.server.tasks import choose_next
+    from sim.targets import box_iou, pick_target
+
+    with env_factory(n_objects=(5, 6)) as env:
+        picks = []
+        for seed in (3, 4):
+            _, info = env.reset(seed=seed, split="train")
+            idx = pick_target(env, info, "planner", seed)
+            scene = analyse_scene(env.render_cameras()["head_bgr"])
+            chosen = choose_next(scene, scene.objects)
+            ious = [box_iou(chosen.bbox, o["bbox_head"]) if o["bbox_head"] else 0.0 for o in info["objects"]]
+            assert idx == int(np.argmax(ious)) and max(ious) >= 0.5
+            picks.append((seed, idx, env.scene.target))
+        r = run_expert_episode(env, picks[0][0], "train", ScriptedExpert(), target="planner")
+    assert r["target"] == picks[0][1] and r["success"], r
