@@ -5,18 +5,23 @@
 For each preset (random weights -- nothing is downloaded) it prints and writes to
 ``benchmarks/results/controller_speed_<time>.json``:
 
-* **inference** (batch 1, the preset's DDIM steps): the straightforward path
-  (``cache_condition_kv=False``, torch's default threads, ``no_grad``) and the optimisations added
-  one by one -- condition K/V cache, ``torch.inference_mode``, one intra-op thread -- plus the
-  straightforward path with the same thread/inference-mode settings (the like-for-like reference).
-  Per row: median chunk latency over ``--repeats`` runs after a warm-up, its encoder / diffusion
-  split, the ratio to the straightforward path, the max |difference| of the actions (same noise)
-  and the process's peak RSS after the row's first run (monotone: a later row can only show more).
-* **training step** (``--train-batch``): forward + backward + AdamW step from images (backbones
-  run) vs from cached backbone tokens (fed as tensors, mask-only ``rgbm``), and both again with
-  the denoiser under ``torch.compile`` (``training.compile=true``; ``--no-compile`` skips these
-  rows; the compiling first step is reported, not timed). The backbones are built
-  frozen for this (the small preset trains them by default, which rules out a cache).
+* **inference** (batch 1, the preset's DDIM steps, torch's default threads): the straightforward
+  path -- attention weights materialised (``softmax(q k^T) v``, as DINOv2's reference attention
+  does without xFormers) in the backbones and the DiT, every condition token projected to keys and
+  values in every block at every denoising step, ``no_grad`` -- and the optimisations added one by
+  one: fused SDPA, the condition K/V cache (time-token rows of all steps projected in one batch),
+  ``torch.inference_mode``; then bf16 autocast on top (fast on CPUs with AMX / AVX-512-BF16, but
+  not output-equal: its max |difference| is printed like every row's). Per row: median chunk
+  latency over ``--repeats`` runs after a warm-up, its encoder / diffusion split, the ratio to the
+  straightforward path, the max |difference| of the actions (same noise) and the process's peak
+  RSS after the row's first run (monotone: a later row can only show more).
+* **training step** (``--train-batch``): forward + backward + AdamW step from images with explicit
+  attention (straightforward), from images with fused SDPA, from cached backbone tokens (fed as
+  tensors, mask-only ``rgbm``), both fused ones again with the denoiser under ``torch.compile``
+  (``training.compile=true``; ``--no-compile`` skips these rows; the compiling first step is
+  reported, not timed) and cached tokens under bf16 autocast (``--no-bf16`` skips the bf16 rows).
+  The backbones are built frozen for this (the small preset trains them by default, which rules
+  out a cache).
 * **loader**: ms per sample of ``GraspDataset`` from 480x640 frames vs from a feature cache
   (paper-shaped tokens), single process, against the step time per sample.
 
@@ -70,30 +75,35 @@ class EncoderTimer:
 
 
 # ---------------------------------------------------------------------------- inference
-def inference_rows(policy, obs, noise, default_threads: int, repeats: int, warmup: bool):
-    """Rows (name, settings); settings = (cache_kv, inference_mode, threads)."""
-    rows = [("straightforward", (False, False, default_threads)),
-            ("+ cached condition K/V", (True, False, default_threads)),
-            ("+ inference_mode", (True, True, default_threads))]
-    if default_threads > 1:
-        rows.append(("+ 1 intra-op thread", (True, True, 1)))
-    rows.append((f"straightforward, same settings ({rows[-1][1][2]} thr, inference_mode)",
-                 (False, True, rows[-1][1][2])))
+#: Inference rows: (name, (fused_attention, cache_condition_kv, inference_mode, bf16 autocast)).
+INFERENCE_ROWS = [
+    ("straightforward (explicit attention, K/V per step)", (False, False, False, False)),
+    ("+ fused SDPA", (True, False, False, False)),
+    ("+ cached condition K/V", (True, True, False, False)),
+    ("+ inference_mode", (True, True, True, False)),
+    ("+ bf16 autocast (not equal: bf16 rounding)", (True, True, True, True)),
+]
+
+
+def inference_rows(policy, obs, noise, repeats: int, warmup: bool, bf16: bool = True):
+    """Median chunk latency per row (``INFERENCE_ROWS``), encoder/diffusion split, max |diff|."""
+    rows = [r for r in INFERENCE_ROWS if bf16 or not r[1][3]]
     timer = EncoderTimer(policy.obs_encoder)
     res = {name: {"total": [], "encoder": [], "rss_gb": None, "actions": None} for name, _ in rows}
+    device = policy.device
 
     def run(settings):
-        cache_kv, inf_mode, threads = settings
-        torch.set_num_threads(threads)
+        fused, cache_kv, inf_mode, autocast = settings
+        policy.set_fused_attention(fused)
         policy.cache_condition_kv = cache_kv
-        ctx = torch.inference_mode() if inf_mode else contextlib.nullcontext()
+        ctx = torch.inference_mode() if inf_mode else torch.no_grad()
         t = time.perf_counter()
-        with ctx:
+        with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             actions = policy.predict_action(obs, noise=noise)
-        return time.perf_counter() - t, timer.last, actions.clone()
+        return time.perf_counter() - t, timer.last, actions.float().clone()
 
     if warmup:
-        for _, settings in rows[:1] + rows[2:3]:
+        for _, settings in rows:
             run(settings)
     for r in range(repeats):
         for name, settings in rows:
@@ -103,15 +113,17 @@ def inference_rows(policy, obs, noise, default_threads: int, repeats: int, warmu
             if res[name]["actions"] is None:
                 res[name]["actions"], res[name]["rss_gb"] = actions, peak_rss_gb()
             print(f"  round {r}: {name}: {total:.2f} s (encoders {enc:.2f} s)", flush=True)
-    torch.set_num_threads(default_threads)
+    policy.set_fused_attention(True)
+    policy.cache_condition_kv = True
     base = res[rows[0][0]]
     out = []
     for name, settings in rows:
         d = res[name]
         tot, enc = statistics.median(d["total"]), statistics.median(d["encoder"])
         diff = [t - e for t, e in zip(d["total"], d["encoder"])]
-        out.append({"row": name, "cache_condition_kv": settings[0], "inference_mode": settings[1],
-                    "threads": settings[2], "latency_s": tot, "encoder_s": enc,
+        out.append({"row": name, "fused_attention": settings[0], "cache_condition_kv": settings[1],
+                    "inference_mode": settings[2], "bf16_autocast": settings[3],
+                    "threads": torch.get_num_threads(), "latency_s": tot, "encoder_s": enc,
                     "diffusion_s": statistics.median(diff), "runs_s": d["total"],
                     "max_abs_diff": float((d["actions"] - base["actions"]).abs().max()),
                     "peak_rss_gb": d["rss_gb"]})
@@ -123,12 +135,15 @@ def inference_rows(policy, obs, noise, default_threads: int, repeats: int, warmu
 
 
 # ---------------------------------------------------------------------------- training
-def train_rows(policy, cfg, batch_size: int, repeats: int, warmup: bool, threads: int, compile_rows: bool = True):
-    """Training step from images vs from cached tokens (same weights, same batch); with
-    ``compile_rows`` also both with the denoiser under ``torch.compile`` (``training.compile``),
-    whose first (compiling) step is reported as ``first_step_s`` and never timed."""
+def train_rows(policy, cfg, batch_size: int, repeats: int, warmup: bool, compile_rows: bool = True,
+               bf16: bool = True):
+    """Training step (forward + backward + AdamW) on the same weights and batch:
+
+    from images with explicit attention (straightforward), from images with fused SDPA, from
+    cached backbone tokens, and (``compile_rows``) both fused variants with the denoiser under
+    ``torch.compile`` (its first, compiling step is reported as ``first_step_s``, never timed), and
+    (``bf16``) cached tokens under bf16 autocast."""
     from tests.controller.conftest import random_obs
-    torch.set_num_threads(threads)
     size = int(cfg.image_size)
     obs = random_obs(batch_size, size, seed=1)
     with torch.no_grad():
@@ -138,39 +153,49 @@ def train_rows(policy, cfg, batch_size: int, repeats: int, warmup: bool, threads
                   "head_tokens": head.half(), "wrist_tokens": wrist.half()}
     action = torch.rand(batch_size, policy.action_horizon, policy.action_dim)
     pad = torch.zeros(batch_size, policy.action_horizon, dtype=torch.bool)
-    batches = {"images (backbones run)": {"obs": obs, "action": action, "action_is_pad": pad},
-               "cached features": {"obs": cached_obs, "action": action, "action_is_pad": pad}}
+    img = {"obs": obs, "action": action, "action_is_pad": pad}
+    cached = {"obs": cached_obs, "action": action, "action_is_pad": pad}
     eager = policy.model
-    rows = [(name, batch, eager) for name, batch in batches.items()]
+    # (name, batch, denoiser, fused attention, bf16 autocast)
+    rows = [("images, explicit attention (straightforward)", img, eager, False, False),
+            ("images, fused SDPA", img, eager, True, False),
+            ("cached features", cached, eager, True, False)]
     if compile_rows:
         compiled = torch.compile(eager)  # shares the parameters (and so the optimiser) with ``eager``
-        rows += [(f"{name} + compiled denoiser", batch, compiled) for name, batch in batches.items()]
+        rows += [("images + compiled denoiser", img, compiled, True, False),
+                 ("cached features + compiled denoiser", cached, compiled, True, False)]
+    if bf16:
+        rows.append(("cached features + bf16 autocast", cached, eager, True, True))
     policy.train()
     opt = policy.get_optimizer(lr=1e-5, weight_decay=1e-4)
+    device = policy.device
 
-    def step(batch, model):
+    def step(batch, model, fused, autocast):
         policy.model = model
+        policy.set_fused_attention(fused)
         t = time.perf_counter()
-        loss = policy.compute_loss(batch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = policy.compute_loss(batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return time.perf_counter() - t
 
     compile_s = {}
-    for name, batch, model in rows:
+    for name, batch, model, fused, autocast in rows:
         if warmup or model is not eager:  # the first compiled call compiles: never timed
-            compile_s[name] = step(batch, model)
-    times = {name: [] for name, _, _ in rows}
+            compile_s[name] = step(batch, model, fused, autocast)
+    times = {name: [] for name, *_ in rows}
     for r in range(repeats):
-        for name, batch, model in rows:
-            times[name].append(step(batch, model))
+        for name, batch, model, fused, autocast in rows:
+            times[name].append(step(batch, model, fused, autocast))
             print(f"  round {r}: train step, {name}: {times[name][-1]:.2f} s", flush=True)
     policy.model = eager
+    policy.set_fused_attention(True)
     policy.eval()
-    base = statistics.median(times["images (backbones run)"])
-    return [{"row": k, "batch": batch_size, "threads": threads, "step_s": statistics.median(v), "runs_s": v,
-             "speedup": base / statistics.median(v), "first_step_s": compile_s.get(k),
+    base = statistics.median(times[rows[0][0]])
+    return [{"row": k, "batch": batch_size, "threads": torch.get_num_threads(), "step_s": statistics.median(v),
+             "runs_s": v, "speedup": base / statistics.median(v), "first_step_s": compile_s.get(k),
              "peak_rss_gb": peak_rss_gb()} for k, v in times.items()]
 
 
@@ -208,6 +233,7 @@ def main() -> None:
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-inference", action="store_true")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile training rows")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16-autocast rows")
     ap.add_argument("--quick", action="store_true", help="1 repeat, no warm-up (smoke run)")
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     args = ap.parse_args()
@@ -226,11 +252,10 @@ def main() -> None:
             from tests.controller.conftest import random_obs
             obs = random_obs(1, entry["image_size"], seed=0)
             noise = torch.randn(1, policy.action_horizon, policy.action_dim, generator=torch.Generator().manual_seed(0))
-            entry["inference"] = inference_rows(policy, obs, noise, default_threads, repeats, warmup)
+            entry["inference"] = inference_rows(policy, obs, noise, repeats, warmup, bf16=not args.no_bf16)
         if not args.skip_train:
-            threads = entry["inference"][-1]["threads"] if "inference" in entry else default_threads
-            entry["train"] = train_rows(policy, cfg, args.train_batch or TRAIN_BATCH[preset], repeats, warmup, threads,
-                                        compile_rows=not args.no_compile)
+            entry["train"] = train_rows(policy, cfg, args.train_batch or TRAIN_BATCH[preset], repeats, warmup,
+                                        compile_rows=not args.no_compile, bf16=not args.no_bf16)
             entry["loader"] = loader_rows(policy, cfg)
         report["presets"][preset] = entry
         del policy
@@ -246,10 +271,10 @@ def print_report(report: dict) -> None:
     for preset, e in report["presets"].items():
         print(f"\n### {preset} ({e['image_size']} px, {e['condition_tokens']} cond tokens, {e['ddim_steps']} steps, batch 1)")
         if "inference" in e:
-            print(f"{'path':58s} {'chunk s':>8s} {'enc s':>7s} {'diff s':>7s} {'x total':>8s} {'x diff':>7s} "
+            print(f"{'path':52s} {'chunk s':>8s} {'enc s':>7s} {'diff s':>7s} {'x total':>8s} {'x diff':>7s} "
                   f"{'max|d|':>9s} {'RSS GB':>7s}")
             for r in e["inference"]:
-                print(f"{r['row']:58s} {r['latency_s']:8.2f} {r['encoder_s']:7.2f} {r['diffusion_s']:7.2f} "
+                print(f"{r['row']:52s} {r['latency_s']:8.2f} {r['encoder_s']:7.2f} {r['diffusion_s']:7.2f} "
                       f"{r['speedup']:8.2f} {r['diffusion_speedup']:7.2f} {r['max_abs_diff']:9.2e} {r['peak_rss_gb']:7.2f}")
         if "train" in e:
             for r in e["train"]:

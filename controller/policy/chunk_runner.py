@@ -2,8 +2,8 @@
 
 :class:`ChunkPolicy` wraps a :class:`DexGraspVLAController` for deployment: it validates a raw
 observation against the data contract, preprocesses it exactly as the training dataset does
-(``controller.dataset.image_ops``), runs the policy on its device (bf16 autocast on CUDA) and
-returns a numpy action chunk. No hardware, planner or device names are involved.
+(``controller.dataset.image_ops``), runs the policy on its device (bf16 autocast on CUDA by
+default; on request also on CPUs with bf16 matrix units) and returns a numpy action chunk. No hardware, planner or device names are involved.
 
 Raw observation::
 
@@ -28,23 +28,31 @@ class ChunkPolicy:
     Args:
         policy: a :class:`DexGraspVLAController` (moved to ``device`` and set to eval).
         device: torch device string or object.
-        autocast: use bf16 autocast on CUDA (ignored on CPU).
+        precision: ``"auto"`` (bf16 autocast on CUDA, fp32 elsewhere), ``"fp32"``, or ``"bf16"``
+            (autocast on any device: on a CPU with AMX/AVX-512-BF16 the chunk is several times
+            faster, at bf16 rounding of the outputs -- ``benchmarks/controller_speed.py`` reports
+            both the speed and the difference).
     """
 
-    def __init__(self, policy: torch.nn.Module, device: str | torch.device = "cpu", autocast: bool = True) -> None:
+    PRECISIONS = ("auto", "fp32", "bf16")
+
+    def __init__(self, policy: torch.nn.Module, device: str | torch.device = "cpu", precision: str = "auto") -> None:
+        if precision not in self.PRECISIONS:
+            raise ValueError(f"precision must be one of {self.PRECISIONS}, got {precision!r}")
         self.device = torch.device(device)
         self.policy = policy.to(self.device).eval()
         self.shape_meta = policy.shape_meta
         self.image_size = image_size_of(self.shape_meta)
-        self.autocast = bool(autocast) and self.device.type == "cuda"
+        self.autocast = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
 
     @classmethod
-    def from_checkpoint(cls, path: str, device: str | torch.device = "cpu", use_ema: bool = True) -> "ChunkPolicy":
+    def from_checkpoint(cls, path: str, device: str | torch.device = "cpu", use_ema: bool = True,
+                        precision: str = "auto") -> "ChunkPolicy":
         """Load a checkpoint directory written by training or the converter."""
         from controller.policy.loading import load_policy
 
         policy, _ = load_policy(path, device=device, use_ema=use_ema)
-        return cls(policy, device)
+        return cls(policy, device, precision)
 
     @property
     def action_horizon(self) -> int:

@@ -57,6 +57,9 @@ class DexGraspVLAController(nn.Module):
         immiscible_noise: match noise to the batch by linear assignment before noising.
         mask_padded_actions: exclude padded action steps (``action_is_pad``) from the loss.
         cache_condition_kv: reuse the condition's cross-attention K/V across denoising steps.
+        fused_attention: fused SDPA in every attention layer that offers the choice (DiT and DINOv2
+            backbones); False materialises the attention weights (the straightforward path the
+            speed benchmark compares against; same outputs up to float rounding).
         attn_map_samples: number of batch samples whose attention maps are returned.
         start_ckpt_path: weights to start from (consumed by the workspace, kept for the config).
     """
@@ -66,7 +69,7 @@ class DexGraspVLAController(nn.Module):
                  p_drop_attn: float = 0.1, mlp_ratio: float = 1.0, use_attn_mask: bool = False,
                  cond_drop_probs: Tuple[float, float, float] = (0.1, 0.1, 0.1),
                  immiscible_noise: bool = True, mask_padded_actions: bool = True,
-                 cache_condition_kv: bool = True, attn_map_samples: int = 2,
+                 cache_condition_kv: bool = True, fused_attention: bool = True, attn_map_samples: int = 2,
                  start_ckpt_path: Optional[str] = None, **scheduler_step_kwargs) -> None:
         super().__init__()
         self.shape_meta = validate_shape_meta(shape_meta, "policy.shape_meta")
@@ -88,6 +91,7 @@ class DexGraspVLAController(nn.Module):
         self.immiscible_noise = bool(immiscible_noise)
         self.mask_padded_actions = bool(mask_padded_actions)
         self.cache_condition_kv = bool(cache_condition_kv)
+        self.set_fused_attention(fused_attention)
         self.attn_map_samples = int(attn_map_samples)
         self.start_ckpt_path = start_ckpt_path
         self.scheduler_step_kwargs = dict(scheduler_step_kwargs)
@@ -106,6 +110,12 @@ class DexGraspVLAController(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+    def set_fused_attention(self, enabled: bool) -> None:
+        """Fused SDPA (True) or explicit attention math (False) in the DiT and the backbones."""
+        from controller.model.diffusion.layers import set_fused_attention
+        self.fused_attention = bool(enabled)
+        set_fused_attention(self, self.fused_attention)
 
     def set_normalizer(self, normalizer: LinearNormalizer) -> None:
         """Copy a fitted normaliser (from the dataset) into the policy."""
@@ -148,7 +158,7 @@ class DexGraspVLAController(nn.Module):
             traj = noise.to(device=device, dtype=torch.float32)
         sched = self.noise_scheduler
         sched.set_timesteps(self.num_inference_steps)
-        cache = self.model.prepare_condition(cond) if self.cache_condition_kv else None
+        cache = self.model.prepare_condition(cond, sched.timesteps) if self.cache_condition_kv else None
         maps, steps = [], []
         n_keep = min(B, self.attn_map_samples)
         for t in sched.timesteps:

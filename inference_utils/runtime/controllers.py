@@ -25,7 +25,8 @@ class PolicyController:
     supports_attention = True
     needs_target_index = False
 
-    def __init__(self, checkpoint: str, device: str = "auto", seed: Optional[int] = None) -> None:
+    def __init__(self, checkpoint: str, device: str = "auto", seed: Optional[int] = None,
+                 precision: str = "auto") -> None:
         import torch  # noqa: PLC0415
 
         from controller.policy.chunk_runner import ChunkPolicy  # noqa: PLC0415
@@ -38,7 +39,7 @@ class PolicyController:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        self.policy = ChunkPolicy.from_checkpoint(str(checkpoint), device)
+        self.policy = ChunkPolicy.from_checkpoint(str(checkpoint), device, precision=precision)
         self.horizon = self.policy.action_horizon
 
     def start_attempt(self, target_index: Optional[int] = None) -> None:
@@ -112,7 +113,8 @@ def build_controller(cfg: Mapping[str, Any], environment: Any = None) -> Any:
     """Build the controller named by ``cfg['type']`` (``policy`` or ``expert``)."""
     kind = cfg.get("type", "policy")
     if kind == "policy":
-        return PolicyController(cfg.get("checkpoint"), str(cfg.get("device", "auto")), cfg.get("seed"))
+        return PolicyController(cfg.get("checkpoint"), str(cfg.get("device", "auto")), cfg.get("seed"),
+                                str(cfg.get("precision", "auto")))
     if kind == "expert":
         return ExpertController(environment, int(cfg.get("horizon", 64)))
     raise ValueError(f"controller.type: unknown controller {kind!r}; valid: policy, expert")

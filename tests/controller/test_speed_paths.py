@@ -38,6 +38,25 @@ def test_cached_kv_equals_straightforward(tiny, seed, capture):
     assert (plain - fast).abs().max().item() <= 1e-6
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_optimised_path_equals_the_benchmarks_straightforward_path(tiny, seed):
+    """Explicit attention + K/V recomputed per step (the benchmark's baseline) vs fused SDPA + K/V
+    cache + inference_mode: same actions within 1e-4 (the issue's tolerance), backbones included."""
+    policy, cfg = tiny
+    obs = random_obs(2, cfg.image_size, seed + 10)
+    noise = torch.randn(2, 64, 13, generator=torch.Generator().manual_seed(seed))
+    try:
+        policy.set_fused_attention(False)
+        slow = _predict(policy, obs, noise, False, False)
+    finally:
+        policy.set_fused_attention(True)
+    with torch.inference_mode():
+        fast = _predict(policy, obs, noise, True, False)
+    assert (fast - slow).abs().max().item() <= 1e-4
+    n_switchable = sum(hasattr(m, "fused_attn") for m in policy.modules())
+    assert n_switchable >= 2 * policy.model.blocks.__len__() + 2  # DiT blocks + both backbones' blocks
+
+
 def test_inference_mode_matches_no_grad(tiny):
     policy, cfg = tiny
     obs = random_obs(2, cfg.image_size, 5)

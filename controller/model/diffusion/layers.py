@@ -3,7 +3,10 @@
 Parameter names follow the reference (timm ``Attention``/``Mlp``/``RmsNorm``, RDT's
 ``CrossAttention``) so reference checkpoints load 1:1: ``attn.qkv``, ``attn.q_norm``,
 ``attn.k_norm``, ``attn.proj``, ``cross_attn.q``, ``cross_attn.kv``, ``ffn.fc1``, ``ffn.fc2``.
-All attention runs through ``F.scaled_dot_product_attention`` (fused kernels where available).
+Attention runs through ``F.scaled_dot_product_attention`` (fused kernels where available) unless a
+module's ``fused_attn`` is False: then the straightforward ``softmax(q k^T / sqrt(d)) v`` is
+materialised (the comparison path of ``benchmarks/controller_speed.py``; the same attribute name as
+timm's ``Attention``, so :func:`set_fused_attention` switches the DINOv2 backbones too).
 """
 from __future__ import annotations
 
@@ -13,6 +16,39 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+              dropout_p: float = 0.0, fused: bool = True) -> torch.Tensor:
+    """Scaled dot-product attention: q (B, h, T, d), k, v (B, h, L, d) -> (B, h, T, d).
+
+    ``attn_mask``: bool, broadcastable to (B, h, T, L), True = attend. ``fused=False`` computes the
+    (B, h, T, L) weights explicitly (same result up to float rounding).
+    """
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)                    # (B, h, T, L)
+    if attn_mask is not None:
+        logits = logits.masked_fill(~attn_mask, float("-inf"))
+    weights = logits.softmax(dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ v
+
+
+def set_fused_attention(module: nn.Module, enabled: bool) -> int:
+    """Switch every attention layer under ``module`` that has a ``fused_attn`` flag (this file's
+    layers and timm's ViT ``Attention``) to fused SDPA (True) or explicit math (False).
+
+    Returns the number of layers switched. The mask ViT (``nn.TransformerEncoder``) has no such flag
+    and keeps PyTorch's own kernels.
+    """
+    n = 0
+    for m in module.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = bool(enabled)
+            n += 1
+    return n
 
 
 class RMSNorm(nn.Module):
@@ -55,6 +91,7 @@ class SelfAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.fused_attn = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, D) -> (B, T, D)."""
@@ -62,7 +99,7 @@ class SelfAttention(nn.Module):
         qkv = self.qkv(x).reshape(B, T_, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)                              # each (B, h, T, d)
         q, k = self.q_norm(q), self.k_norm(k)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        y = attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0, fused=self.fused_attn)
         return self.proj_drop(self.proj(y.transpose(1, 2).reshape(B, T_, D)))
 
 
@@ -88,6 +125,7 @@ class CrossAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.fused_attn = True
 
     def project_kv(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """c: (B, L, D) -> k, v each (B, h, L, d) (k normalised)."""
@@ -105,8 +143,8 @@ class CrossAttention(nn.Module):
         """
         B, T_, D = x.shape
         q = self.q_norm(self.q(x).reshape(B, T_, self.num_heads, self.head_dim).transpose(1, 2))  # (B,h,T,d)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.attn_drop if self.training else 0.0)
+        y = attention(q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0,
+                      fused=self.fused_attn)
         weights = None
         if capture:
             with torch.no_grad():  # only the first action token: (B, h, 1, d) @ (B, h, d, L)

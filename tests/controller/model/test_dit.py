@@ -33,6 +33,41 @@ def test_cached_equals_uncached(seed, capture):
             assert torch.allclose(attn[0].sum(-1), torch.ones(3, 4), atol=1e-5)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_precomputed_time_rows_equal_uncached(seed):
+    """prepare_condition(cond, timesteps) projects the time-token rows of all steps up front; steps
+    not in the list fall back to a per-step projection."""
+    dit = _dit(seed)
+    g = torch.Generator().manual_seed(seed)
+    cond = torch.randn(2, 40, 32, generator=g)
+    cache = dit.prepare_condition(cond, timesteps=torch.tensor([49, 30, 17, 0]))
+    assert cache.timesteps == [49, 30, 17, 0] and cache.time_keys[0].shape == (4, 4, 1, 8)
+    for t in (17, 49, 5, 0, torch.tensor(30)):  # 5 is not precomputed
+        x = torch.randn(2, 16, 13, generator=g)
+        ref, _ = dit(x, t, cond)
+        out, _ = dit.forward_cached(x, t, cache)
+        assert (ref - out).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_explicit_attention_equals_fused(masked):
+    """fused_attn=False (the benchmark's straightforward path) computes the same function."""
+    from controller.model.diffusion.layers import set_fused_attention
+    dit = _dit(3)
+    cond, x = torch.randn(2, 40, 32), torch.randn(2, 16, 13)
+    mask = None
+    if masked:
+        mask = torch.ones(2, 41, dtype=torch.bool)
+        mask[0, :25] = False
+    fused, fa = dit(x, 7, cond, cond_mask=mask, capture_attention=True)
+    assert set_fused_attention(dit, False) == 6  # 3 blocks x (self, cross)
+    plain, pa = dit(x, 7, cond, cond_mask=mask, capture_attention=True)
+    set_fused_attention(dit, True)
+    assert (fused - plain).abs().max().item() <= 1e-5
+    for a, b in zip(fa, pa):
+        assert (a - b).abs().max().item() <= 1e-5
+
+
 def test_condition_mask_hides_tokens():
     dit = _dit()
     cond = torch.randn(2, 40, 32)
