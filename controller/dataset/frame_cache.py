@@ -11,6 +11,13 @@ identical bytes). float16 keeps [0, 1] values to within 2.5e-4 (1/16 of a uint8 
 Files are named by a hash of the store's absolute path, key, array shape, output size and the
 array metadata's modification time, so a changed store gets a fresh cache. Nothing is deleted
 automatically.
+
+Filling is lazy, so the first epoch pays for decoding and resizing. To pay it up front (e.g. before
+a CPU run, so that the loader does not compete with the training threads), fill the cache once::
+
+    python -m controller.dataset.frame_cache CACHE_DIR STORE [STORE ...] --size 112 [--workers 2]
+
+which is resumable (frames already marked ready are skipped) and shows progress.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -85,3 +92,75 @@ class FrameCache:
         state = dict(self.__dict__)
         state["_maps"], state["_pid"] = {}, None
         return state
+
+    def missing(self, b: int, key: str) -> np.ndarray:
+        """Indices of the frames of buffer ``b`` / image ``key`` not yet in the cache."""
+        _, ready = self._open(b, key)
+        return np.flatnonzero(np.asarray(ready) == 0)
+
+
+def _fill_part(args: tuple) -> int:
+    cache_dir, paths, sizes, b, key, steps = args
+    from controller.dataset.replay_buffer import ZarrReplayBuffer
+    cache = FrameCache(cache_dir, [ZarrReplayBuffer.open(p, keys=list(sizes)) for p in paths], sizes)
+    for step in steps:
+        cache.get(b, key, int(step))
+    return len(steps)
+
+
+def fill(cache_dir: str, paths: Sequence[str], size: int, workers: int = 1, chunk: int = 256,
+         progress: bool = True, keys: Optional[Sequence[str]] = None) -> int:
+    """Fill the cache of ``paths`` at ``size`` x ``size`` for ``keys`` (default both images);
+    returns the number of frames processed (0 when already complete)."""
+    from tqdm import tqdm
+
+    from controller.dataset.replay_buffer import ZarrReplayBuffer
+    keys = list(keys or _FNS)
+    sizes = {k: (int(size), int(size)) for k in keys}
+    cache = FrameCache(cache_dir, [ZarrReplayBuffer.open(p, keys=keys) for p in paths], sizes)
+    jobs = []
+    for b in range(len(paths)):
+        for key in keys:
+            todo = cache.missing(b, key)
+            jobs += [(str(cache_dir), list(paths), sizes, b, key, todo[i:i + chunk])
+                     for i in range(0, len(todo), chunk)]
+    total = sum(len(j[-1]) for j in jobs)
+    bar = tqdm(total=total, desc="frame cache", unit="frame", disable=not progress)
+    if workers <= 1:
+        for job in jobs:
+            bar.update(_fill_part(job))
+    else:
+        import multiprocessing as mp
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for n in pool.imap_unordered(_fill_part, jobs):
+                bar.update(n)
+    bar.close()
+    return total
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m controller.dataset.frame_cache``: fill a frame cache ahead of training."""
+    import argparse
+    import sys
+
+    from controller.dataset.errors import DatasetError
+    p = argparse.ArgumentParser(prog="python -m controller.dataset.frame_cache", description=main.__doc__)
+    p.add_argument("cache_dir", help="the directory later passed as task.dataset.cache_dir")
+    p.add_argument("stores", nargs="+", help="zarr stores (as in task.dataset_paths)")
+    p.add_argument("--size", type=int, required=True, help="model image size (the preset's image_size)")
+    p.add_argument("--workers", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.size < 14:
+        print(f"error: --size must be >= 14, got {args.size}", file=sys.stderr)
+        return 2
+    try:
+        n = fill(args.cache_dir, args.stores, args.size, args.workers)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"frame cache {args.cache_dir}: {n} frames filled" if n else f"frame cache {args.cache_dir}: already complete")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -134,6 +134,25 @@ def test_frame_cache(grasp_zarr, shape_meta, tmp_path):
     assert torch.equal(reopened[50]["obs"]["rgbm"], cached[50]["obs"]["rgbm"])
 
 
+def test_frame_cache_fill_cli(make_zarr, tmp_path, capsys):
+    """Filling the cache ahead of training (2 worker processes) marks every frame ready, the
+    dataset then reads exactly what it would have filled lazily, and a second run does nothing."""
+    from controller.dataset.frame_cache import main as fill_main
+    a, b = make_zarr("a.zarr", episode_lengths=(9, 7)), make_zarr("b.zarr", episode_lengths=(5,), seed=3)
+    meta = make_shape_meta(image_size=(28, 28))
+    assert fill_main([str(tmp_path / "c"), a, b, "--size", "28", "--workers", "2"]) == 0
+    assert "42 frames filled" in capsys.readouterr().out      # (16 + 5) frames x 2 cameras
+    filled = GraspDataset([a, b], meta, cache_dir=tmp_path / "c")
+    assert all(filled.cache.missing(i, k).size == 0 for i in (0, 1) for k in ("rgbm", "right_cam_img"))
+    lazy = GraspDataset([a, b], meta, cache_dir=tmp_path / "lazy")
+    for i in (0, 8, 17, len(lazy) - 1):
+        for key in ("rgbm", "right_cam_img"):
+            assert torch.equal(filled[i]["obs"][key], lazy[i]["obs"][key])
+    assert fill_main([str(tmp_path / "c"), a, b, "--size", "28"]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert fill_main([str(tmp_path / "c"), a, "--size", "8"]) == 2
+
+
 def test_config_friendly(grasp_zarr):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
