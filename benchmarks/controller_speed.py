@@ -10,7 +10,8 @@ For each preset (random weights -- nothing is downloaded) it prints and writes t
   does without xFormers) in the backbones and the DiT, every condition token projected to keys and
   values in every block at every denoising step, ``no_grad`` -- and the optimisations added one by
   one: fused SDPA, the condition K/V cache (time-token rows of all steps projected in one batch),
-  ``torch.inference_mode``; then bf16 autocast on top (fast on CPUs with AMX / AVX-512-BF16, but
+  ``torch.inference_mode`` (and that path again capturing the attention maps, to show what
+  ``--gen_attn_map`` costs and that the normal path does not pay it); then bf16 autocast on top (fast on CPUs with AMX / AVX-512-BF16, but
   not output-equal: its max |difference| is printed like every row's). Per row: median chunk
   latency over ``--repeats`` runs after a warm-up, its encoder / diffusion split, the ratio to the
   straightforward path, the max |difference| of the actions (same noise) and the process's peak
@@ -75,13 +76,15 @@ class EncoderTimer:
 
 
 # ---------------------------------------------------------------------------- inference
-#: Inference rows: (name, (fused_attention, cache_condition_kv, inference_mode, bf16 autocast)).
+#: Inference rows: (name, (fused_attention, cache_condition_kv, inference_mode, bf16 autocast,
+#: attention capture)).
 INFERENCE_ROWS = [
-    ("straightforward (explicit attention, K/V per step)", (False, False, False, False)),
-    ("+ fused SDPA", (True, False, False, False)),
-    ("+ cached condition K/V", (True, True, False, False)),
-    ("+ inference_mode", (True, True, True, False)),
-    ("+ bf16 autocast (not equal: bf16 rounding)", (True, True, True, True)),
+    ("straightforward (explicit attention, K/V per step)", (False, False, False, False, False)),
+    ("+ fused SDPA", (True, False, False, False, False)),
+    ("+ cached condition K/V", (True, True, False, False, False)),
+    ("+ inference_mode", (True, True, True, False, False)),
+    ("  (same, capturing attention maps)", (True, True, True, False, True)),
+    ("+ bf16 autocast (not equal: bf16 rounding)", (True, True, True, True, False)),
 ]
 
 
@@ -93,13 +96,15 @@ def inference_rows(policy, obs, noise, repeats: int, warmup: bool, bf16: bool = 
     device = policy.device
 
     def run(settings):
-        fused, cache_kv, inf_mode, autocast = settings
+        fused, cache_kv, inf_mode, autocast, capture = settings
         policy.set_fused_attention(fused)
         policy.cache_condition_kv = cache_kv
         ctx = torch.inference_mode() if inf_mode else torch.no_grad()
         t = time.perf_counter()
         with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            actions = policy.predict_action(obs, noise=noise)
+            actions = policy.predict_action(obs, noise=noise, return_attention=capture)
+        if capture:
+            actions = actions[0]
         return time.perf_counter() - t, timer.last, actions.float().clone()
 
     if warmup:
@@ -122,7 +127,7 @@ def inference_rows(policy, obs, noise, repeats: int, warmup: bool, bf16: bool = 
         tot, enc = statistics.median(d["total"]), statistics.median(d["encoder"])
         diff = [t - e for t, e in zip(d["total"], d["encoder"])]
         out.append({"row": name, "fused_attention": settings[0], "cache_condition_kv": settings[1],
-                    "inference_mode": settings[2], "bf16_autocast": settings[3],
+                    "inference_mode": settings[2], "bf16_autocast": settings[3], "attention_capture": settings[4],
                     "threads": torch.get_num_threads(), "latency_s": tot, "encoder_s": enc,
                     "diffusion_s": statistics.median(diff), "runs_s": d["total"],
                     "max_abs_diff": float((d["actions"] - base["actions"]).abs().max()),
