@@ -15,7 +15,10 @@ For each preset (random weights -- nothing is downloaded) it prints and writes t
   not output-equal: its max |difference| is printed like every row's). Per row: median chunk
   latency over ``--repeats`` runs after a warm-up, its encoder / diffusion split, the ratio to the
   straightforward path, the max |difference| of the actions (same noise) and the process's peak
-  RSS after the row's first run (monotone: a later row can only show more).
+  RSS after the row's first run (monotone: a later row can only show more). Last, the optimised
+  path under ``compile_for_inference`` (``torch.compile`` of the encoder and the denoising steps
+  with inductor's weight freezing; deployment: ``controller.compile=true``), its one-off compile
+  time reported separately (``--no-compile`` skips it).
 * **training step** (``--train-batch``): forward + backward + AdamW step from images with explicit
   attention (straightforward), from images with fused SDPA, from cached backbone tokens (fed as
   tensors, mask-only ``rgbm``), both fused ones again with the denoiser under ``torch.compile``
@@ -88,8 +91,14 @@ INFERENCE_ROWS = [
 ]
 
 
-def inference_rows(policy, obs, noise, repeats: int, warmup: bool, bf16: bool = True):
-    """Median chunk latency per row (``INFERENCE_ROWS``), encoder/diffusion split, max |diff|."""
+COMPILED_ROW = "+ torch.compile, frozen weights"
+
+
+def inference_rows(policy, obs, noise, repeats: int, warmup: bool, bf16: bool = True, compiled: bool = True):
+    """Median chunk latency per row (``INFERENCE_ROWS``), encoder/diffusion split, max |diff|; with
+    ``compiled`` also the optimised path under :meth:`compile_for_inference` (run last, after the
+    eager rows, on a deep copy of the policy; its one-off compile time is reported, not timed)."""
+    import copy
     rows = [r for r in INFERENCE_ROWS if bf16 or not r[1][3]]
     timer = EncoderTimer(policy.obs_encoder)
     res = {name: {"total": [], "encoder": [], "rss_gb": None, "actions": None} for name, _ in rows}
@@ -120,6 +129,35 @@ def inference_rows(policy, obs, noise, repeats: int, warmup: bool, bf16: bool = 
             print(f"  round {r}: {name}: {total:.2f} s (encoders {enc:.2f} s)", flush=True)
     policy.set_fused_attention(True)
     policy.cache_condition_kv = True
+    compile_s = None
+    if compiled:
+        twin = copy.deepcopy(policy)
+        twin.compile_for_inference()
+        compiled_encoder, enc_s = twin._inference_compiler.encoder, [0.0]
+
+        def timed_encoder(*a, **k):  # the compiled forward bypasses module hooks: time it here
+            t0 = time.perf_counter()
+            out = compiled_encoder(*a, **k)
+            enc_s[0] = time.perf_counter() - t0
+            return out
+
+        twin._inference_compiler.encoder = timed_encoder
+
+        def run_compiled():
+            t = time.perf_counter()
+            with torch.inference_mode():
+                actions = twin.predict_action(obs, noise=noise)
+            return time.perf_counter() - t, actions.float().clone()
+
+        compile_s, first = run_compiled()
+        res[COMPILED_ROW] = {"total": [], "encoder": [], "rss_gb": peak_rss_gb(), "actions": first}
+        for r in range(repeats):
+            total, _ = run_compiled()
+            res[COMPILED_ROW]["total"].append(total)
+            res[COMPILED_ROW]["encoder"].append(enc_s[0])
+            print(f"  round {r}: {COMPILED_ROW}: {total:.2f} s (encoders {enc_s[0]:.2f} s)", flush=True)
+        rows.append((COMPILED_ROW, (True, True, True, False, False)))
+        del twin
     base = res[rows[0][0]]
     out = []
     for name, settings in rows:
@@ -131,7 +169,7 @@ def inference_rows(policy, obs, noise, repeats: int, warmup: bool, bf16: bool = 
                     "threads": torch.get_num_threads(), "latency_s": tot, "encoder_s": enc,
                     "diffusion_s": statistics.median(diff), "runs_s": d["total"],
                     "max_abs_diff": float((d["actions"] - base["actions"]).abs().max()),
-                    "peak_rss_gb": d["rss_gb"]})
+                    "peak_rss_gb": d["rss_gb"], "compile_s": compile_s if name == COMPILED_ROW else None})
     b_tot, b_dif = out[0]["latency_s"], out[0]["diffusion_s"]
     for row in out:
         row["speedup"] = b_tot / row["latency_s"]
@@ -237,7 +275,7 @@ def main() -> None:
     ap.add_argument("--train-batch", type=int, default=None, help="default: paper 2, small 8, tiny 8")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-inference", action="store_true")
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile training rows")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (inference and training)")
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16-autocast rows")
     ap.add_argument("--quick", action="store_true", help="1 repeat, no warm-up (smoke run)")
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
@@ -257,7 +295,8 @@ def main() -> None:
             from tests.controller.conftest import random_obs
             obs = random_obs(1, entry["image_size"], seed=0)
             noise = torch.randn(1, policy.action_horizon, policy.action_dim, generator=torch.Generator().manual_seed(0))
-            entry["inference"] = inference_rows(policy, obs, noise, repeats, warmup, bf16=not args.no_bf16)
+            entry["inference"] = inference_rows(policy, obs, noise, repeats, warmup, bf16=not args.no_bf16,
+                                                compiled=not args.no_compile)
         if not args.skip_train:
             entry["train"] = train_rows(policy, cfg, args.train_batch or TRAIN_BATCH[preset], repeats, warmup,
                                         compile_rows=not args.no_compile, bf16=not args.no_bf16)
@@ -279,8 +318,10 @@ def print_report(report: dict) -> None:
             print(f"{'path':52s} {'chunk s':>8s} {'enc s':>7s} {'diff s':>7s} {'x total':>8s} {'x diff':>7s} "
                   f"{'max|d|':>9s} {'RSS GB':>7s}")
             for r in e["inference"]:
+                first = f"  (one-off compile {r['compile_s']:.0f} s)" if r.get("compile_s") else ""
                 print(f"{r['row']:52s} {r['latency_s']:8.2f} {r['encoder_s']:7.2f} {r['diffusion_s']:7.2f} "
-                      f"{r['speedup']:8.2f} {r['diffusion_speedup']:7.2f} {r['max_abs_diff']:9.2e} {r['peak_rss_gb']:7.2f}")
+                      f"{r['speedup']:8.2f} {r['diffusion_speedup']:7.2f} {r['max_abs_diff']:9.2e} "
+                      f"{r['peak_rss_gb']:7.2f}{first}")
         if "train" in e:
             for r in e["train"]:
                 first = f", first step {r['first_step_s']:.0f} s" if "compiled" in r["row"] and r.get("first_step_s") else ""

@@ -117,6 +117,13 @@ class DexGraspVLAController(nn.Module):
         self.fused_attention = bool(enabled)
         set_fused_attention(self, self.fused_attention)
 
+    def compile_for_inference(self, freezing: bool = True, **options) -> None:
+        """Compile the observation encoder and the cached denoising steps for deployment (see
+        :mod:`controller.policy.inference_compile`); the first chunk afterwards compiles. Call it
+        after the weights are loaded: with ``freezing`` they are baked into the compiled code."""
+        from controller.policy.inference_compile import InferenceCompiler
+        self._inference_compiler = InferenceCompiler(self, freezing, options)
+
     def set_normalizer(self, normalizer: LinearNormalizer) -> None:
         """Copy a fitted normaliser (from the dataset) into the policy."""
         self.normalizer.load_state_dict(normalizer.state_dict())
@@ -148,7 +155,11 @@ class DexGraspVLAController(nn.Module):
         else:
             B = check_model_obs(obs, self.shape_meta, "predict_action obs")
         device = self.device
-        cond = self.obs_encoder(obs, training=False)  # (B, N, D)
+        compiled = getattr(self, "_inference_compiler", None) if not self.training else None
+        if compiled is not None:
+            compiled.check()
+        encode = compiled.encoder if compiled is not None else self.obs_encoder
+        cond = encode(obs, training=False)  # (B, N, D)
         shape = (B, self.action_horizon, self.action_dim)
         if noise is None:
             traj = torch.randn(shape, device=device, dtype=torch.float32)
@@ -164,7 +175,9 @@ class DexGraspVLAController(nn.Module):
         for t in sched.timesteps:
             model_in = traj.to(cond.dtype)
             if cache is not None:
-                out, attn = self.model.forward_cached(model_in, t, cache, capture_attention=return_attention)
+                run = compiled.run_blocks if compiled is not None and not return_attention else None
+                out, attn = self.model.forward_cached(model_in, t, cache, capture_attention=return_attention,
+                                                      run_blocks=run)
             else:
                 out, attn = self.model(model_in, t, cond, capture_attention=return_attention)
             traj = sched.step(out.float(), t, traj, **self.scheduler_step_kwargs).prev_sample

@@ -90,3 +90,28 @@ def test_benchmark_quick_runs(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "straightforward" in res.stdout and "cached features" in res.stdout
     assert any(p.name.startswith("controller_speed_") for p in tmp_path.iterdir())
+
+
+def test_compiled_for_inference_equals_eager_and_refuses_stale_weights():
+    """compile_for_inference (torch.compile, frozen weights): same actions as the eager optimised
+    path; changing a weight afterwards raises instead of running the old frozen weights."""
+    from controller.policy.inference_compile import StaleCompiledPolicyError
+    from tests.controller.conftest import build_policy, fitted_normalizer
+    policy, cfg = build_policy("tiny")
+    policy.set_normalizer(fitted_normalizer())
+    policy.eval()
+    obs = random_obs(2, cfg.image_size, 7)
+    noise = torch.randn(2, 64, 13, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        ref = policy.predict_action(obs, noise=noise)
+    policy.compile_for_inference()
+    with torch.inference_mode():
+        out = policy.predict_action(obs, noise=noise)
+        again = policy.predict_action(obs, noise=noise)
+        _, record = policy.predict_action(obs, noise=noise, return_attention=True)  # eager capture path
+    assert (out - ref).abs().max().item() <= 1e-5 and torch.equal(out, again)
+    assert record["attn"].shape[0] == policy.num_inference_steps
+    with torch.no_grad():
+        policy.model.head.bias.add_(0.1)
+    with pytest.raises(StaleCompiledPolicyError, match="changed after compile_for_inference"):
+        policy.predict_action(obs, noise=noise)

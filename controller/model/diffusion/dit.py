@@ -182,8 +182,11 @@ class TransformerForActionDiffusion(nn.Module):
 
     @torch.no_grad()
     def forward_cached(self, sample: torch.Tensor, timestep, cache: ConditionCache,
-                       capture_attention: bool = False):
-        """Same result as :meth:`forward` (inference only), reusing the observation K/V."""
+                       capture_attention: bool = False, run_blocks=None):
+        """Same result as :meth:`forward` (inference only), reusing the observation K/V.
+
+        ``run_blocks``: optional replacement of :meth:`_run_blocks` (e.g. a compiled one).
+        """
         B, n = sample.shape[0], cache.n_obs_tokens
         t_int = int(timestep) if not torch.is_tensor(timestep) or timestep.numel() == 1 else None
         if cache.timesteps is not None and t_int in cache.timesteps:
@@ -197,4 +200,5 @@ class TransformerForActionDiffusion(nn.Module):
                 k, v = blk.cross_attn.project_kv(t_tok)               # (B, h, 1, d)
                 kb[:, :, n:] = k
                 vb[:, :, n:] = v
-        return self._run_blocks(self._embed_actions(sample), cache.keys, cache.values, None, capture_attention)
+        return (run_blocks or self._run_blocks)(self._embed_actions(sample), cache.keys, cache.values, None,
+                                                capture_attention)
