@@ -10,7 +10,10 @@
     python benchmarks/sim_success.py --checkpoint CKPT --episodes 50 [--splits train unseen_objects ...]
 
 Prints a table (success rate, 95 % Wilson interval, mean seconds per attempt) and writes it as
-JSON and Markdown (``--out``, default benchmarks/results/sim_success).
+JSON and Markdown (``--out``, default benchmarks/results/sim_success). Columns and splits can run
+as separate processes (e.g. one per CPU core) and be combined afterwards::
+
+    python benchmarks/sim_success.py --merge OUT_A OUT_B [...] --out OUT
 """
 from __future__ import annotations
 
@@ -79,7 +82,8 @@ def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--merge", nargs="+", metavar="DIR", help="combine earlier reports instead of evaluating")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--splits", nargs="+", default=SPLITS)
     ap.add_argument("--seed", type=int, default=100000, help="first scene seed (held out from collection)")
@@ -90,6 +94,10 @@ def main(argv=None) -> int:
     ap.add_argument("--time-limit", type=float, default=15.0)
     ap.add_argument("--out", default="benchmarks/results/sim_success")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
+    if not args.checkpoint:
+        ap.error("--checkpoint is required (unless --merge)")
 
     import torch
     from tqdm import tqdm
@@ -137,30 +145,67 @@ def main(argv=None) -> int:
                            "records": recs}
         rows[split] = row
 
-    lines = ["| split | " + " | ".join(f"{c} success (95 % CI)" for c in args.columns) + " | " +
-             " | ".join(f"{c} s/attempt" for c in args.columns) + " |",
-             "|---|" + "---|" * (2 * len(args.columns))]
+    write_report(args.checkpoint, args.episodes, rows, args.out)
+    return 0
+
+
+def render_table(rows: dict) -> str:
+    """Markdown table of ``rows`` ({split: {column: stats}}), then the hierarchy diagnostics."""
+    columns = [c for c in ("controller", "hierarchy", "hierarchy_true_mask")
+               if any(c in row for row in rows.values())]
+    lines = ["| split | " + " | ".join(f"{c} success (95 % CI)" for c in columns) + " | " +
+             " | ".join(f"{c} s/attempt" for c in columns) + " |",
+             "|---|" + "---|" * (2 * len(columns))]
     for split, row in rows.items():
         cells = [f"{row[c]['rate'] * 100:.1f} % ({row[c]['wilson95'][0] * 100:.1f}-{row[c]['wilson95'][1] * 100:.1f}, "
-                 f"n={row[c]['n']})" for c in args.columns]
-        secs = [f"{row[c]['s_per_attempt']:.1f}" for c in args.columns]
+                 f"n={row[c]['n']})" if c in row else "-" for c in columns]
+        secs = [f"{row[c]['s_per_attempt']:.1f}" if c in row else "-" for c in columns]
         lines.append(f"| {split} | " + " | ".join(cells) + " | " + " | ".join(secs) + " |")
-    for column in [c for c in args.columns if c.startswith("hierarchy")]:
+    for column in [c for c in columns if c.startswith("hierarchy")]:
         lines += ["", f"Diagnostics of `{column}`:", "",
                   "| split | mean box IoU | mean mask IoU (perceived vs true) | planner chose the designated target |",
                   "|---|---|---|---|"]
         for split, row in rows.items():
-            h = row[column]
-            lines.append(f"| {split} | {h['mean_box_iou']:.2f} | {h['mean_mask_iou']:.2f} | "
-                         f"{h['designated_chosen']}/{h['n']} |")
-    table = "\n".join(lines)
+            if column in row:
+                h = row[column]
+                lines.append(f"| {split} | {h['mean_box_iou']:.2f} | {h['mean_mask_iou']:.2f} | "
+                             f"{h['designated_chosen']}/{h['n']} |")
+    return "\n".join(lines)
+
+
+def write_report(checkpoint: str, episodes: int, rows: dict, out_dir: str) -> None:
+    """Print the table and write ``sim_success.json`` / ``.md`` under ``out_dir``."""
+    table = render_table(rows)
     print(table)
-    out = Path(args.out)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sim_success.json").write_text(json.dumps({"checkpoint": args.checkpoint, "episodes": args.episodes,
+    (out / "sim_success.json").write_text(json.dumps({"checkpoint": checkpoint, "episodes": episodes,
                                                       "rows": rows}, indent=2))
-    (out / "sim_success.md").write_text(f"Checkpoint: `{args.checkpoint}`\n\n{table}\n")
+    (out / "sim_success.md").write_text(f"Checkpoint: `{checkpoint}`\n\n{table}\n")
     print(f"written: {out / 'sim_success.json'}, {out / 'sim_success.md'}")
+
+
+def merge(dirs: list, out_dir: str) -> int:
+    """Combine the reports of several runs (same checkpoint) into one table."""
+    rows, checkpoint, episodes = {}, None, None
+    for d in dirs:
+        path = Path(d) / "sim_success.json"
+        if not path.is_file():
+            print(f"error: --merge: no sim_success.json in {d}", file=sys.stderr)
+            return 2
+        report = json.loads(path.read_text())
+        if checkpoint not in (None, report["checkpoint"]):
+            print(f"error: --merge: {d} evaluated {report['checkpoint']}, not {checkpoint}", file=sys.stderr)
+            return 2
+        checkpoint, episodes = report["checkpoint"], report["episodes"]
+        for split, row in report["rows"].items():
+            for column, stats in row.items():
+                if column in rows.get(split, {}):
+                    print(f"error: --merge: {split}/{column} appears in more than one report", file=sys.stderr)
+                    return 2
+                rows.setdefault(split, {})[column] = stats
+    order = [s for s in SPLITS if s in rows] + [s for s in rows if s not in SPLITS]
+    write_report(checkpoint, episodes, {s: rows[s] for s in order}, out_dir)
     return 0
 
 

@@ -36,3 +36,34 @@ def test_one_episode_per_column_writes_table(tmp_path):
     assert rec["box_iou"] > 0.5 and rec["mask_iou_first"] > 0.5  # the planner's box and GrabCut find the object
     md = (out / "sim_success.md").read_text()
     assert "| unseen_lighting |" in md and "Diagnostics of `hierarchy`" in md
+
+
+def _load_module():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import sim_success
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return sim_success
+
+
+def test_merge_combines_column_runs(tmp_path):
+    """Columns run as separate processes are combined into one table; overlaps are refused."""
+    mod = _load_module()
+
+    def stats(k, n):
+        return {"successes": k, "n": n, "rate": k / n, "wilson95": [0.1, 0.9], "s_per_attempt": 5.0,
+                "mean_box_iou": 0.9, "mean_mask_iou": 0.8, "designated_chosen": 1}
+
+    for name, rows in (("a", {"train": {"controller": stats(4, 5)}, "unseen_lighting": {"controller": stats(3, 5)}}),
+                       ("b", {"unseen_lighting": {"hierarchy": stats(2, 5)}})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "sim_success.json").write_text(json.dumps({"checkpoint": "ck", "episodes": 5, "rows": rows}))
+    assert mod.main(["--merge", str(tmp_path / "b"), str(tmp_path / "a"), "--out", str(tmp_path / "m")]) == 0
+    merged = json.loads((tmp_path / "m" / "sim_success.json").read_text())
+    assert list(merged["rows"]) == ["train", "unseen_lighting"]
+    assert set(merged["rows"]["unseen_lighting"]) == {"controller", "hierarchy"}
+    md = (tmp_path / "m" / "sim_success.md").read_text()
+    assert "| train | 80.0 %" in md and "| unseen_lighting | 60.0 %" in md and "40.0 %" in md
+    assert mod.main(["--merge", str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(tmp_path / "x")]) == 2
+    assert mod.main(["--merge", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
