@@ -32,14 +32,6 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 SPLITS = ["train", "unseen_objects", "unseen_backgrounds", "unseen_lighting"]
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split: str, n_execute: int,
                       true_mask: bool = False) -> dict:
     """One planner-chosen grasp attempt with perceived masks. Returns a record, including how well
@@ -48,13 +40,14 @@ def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split
     designated target (the only object the controller-only column grasps). ``true_mask`` feeds the
     chosen object's ground-truth mask instead of the perceived one (isolates perception errors)."""
     from inference_utils.perception.masks import mask_iou
+    from sim.targets import box_iou
     t0 = time.time()
     obs, info = env.reset(seed=seed, split=split)
     cams = env.render_cameras()
     head = cams["head_bgr"]
     instruction = planner.propose_instruction("clear the table", head, head)
     box = planner.predict_bbox(instruction.instruction, head).bbox.as_list()
-    ious = [_iou(box, o["bbox_head"]) if o.get("bbox_head") is not None else 0.0 for o in info["objects"]]
+    ious = [box_iou(box, o["bbox_head"]) if o.get("bbox_head") is not None else 0.0 for o in info["objects"]]
     chosen = int(np.argmax(ious))
     env.set_target(chosen)
     gt_mask = env.observe()["rgbm"][..., 3] > 0          # ground truth of the chosen object, for the record

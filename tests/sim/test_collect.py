@@ -79,17 +79,10 @@ def test_unwritable_output_and_unknown_split(tmp_path, capsys):
         collect(str(tmp_path / "z.zarr"), episodes=1, target="biggest", progress=False)
 
 
-def test_random_target_provenance(tmp_path):
-    out = tmp_path / "r.zarr"
-    assert main(["--out", str(out), "--episodes", "1", "--seed", "2", "--objects", "4", "5",
-                 "--target", "random"]) == 0
-    _check_store(out, 1)
-    assert zarr.open_group(str(out), mode="r").attrs["sim_collect"][-1]["target"] == "random"
-
-
-def test_planner_target_provenance(tmp_path):
-    out = tmp_path / "p.zarr"
+@pytest.mark.parametrize("target", ["random", "planner"])
+def test_target_choice_provenance(tmp_path, target):
+    out = tmp_path / f"{target}.zarr"
     assert main(["--out", str(out), "--episodes", "1", "--seed", "5", "--objects", "4", "5",
-                 "--target", "planner"]) == 0
+                 "--target", target]) == 0
     _check_store(out, 1)
-    assert zarr.open_group(str(out), mode="r").attrs["sim_collect"][-1]["target"] == "planner"
+    assert zarr.open_group(str(out), mode="r").attrs["sim_collect"][-1]["target"] == target
