@@ -101,7 +101,10 @@ class FrameCache:
 
 def _fill_part(args: tuple) -> int:
     cache_dir, paths, sizes, b, key, steps = args
+    import torch
+
     from controller.dataset.replay_buffer import ZarrReplayBuffer
+    torch.set_num_threads(1)  # one process per core: intra-op threads would only contend
     cache = FrameCache(cache_dir, [ZarrReplayBuffer.open(p, keys=list(sizes)) for p in paths], sizes)
     for step in steps:
         cache.get(b, key, int(step))
