@@ -4,7 +4,7 @@
 #   2. runs inference.sh in planner mode with the prompt "clear the table" on a seeded cluttered
 #      scene (GrabCut segmenter + optical-flow tracker: no weights needed),
 #   3. stops the server and prints the summary (objects grasped / attempts, per-attempt outcome)
-#      and where the logs, images and videos are.
+#      and where the logs, images and videos (deployment/: HDF5 + MP4 per attempt) are.
 # The low-level controller is the shipped checkpoint when assets/controller_small_sim exists;
 # otherwise the simulator's scripted expert stands in for it (controller.type=expert) and the demo
 # says so. DEMO_CONTROLLER=policy|expert forces one (DEMO_CHECKPOINT=DIR picks another checkpoint).
@@ -46,9 +46,9 @@ PYEOF
 done
 
 set +e
-./inference.sh --prompt "clear the table" --non_interactive "planner.base_url=http://127.0.0.1:$PORT/v1" \
+./inference.sh --prompt "clear the table" --non_interactive --save_deployment_data "planner.base_url=http://127.0.0.1:$PORT/v1" \
   "logging.root=$LOG_ROOT" "${CONTROLLER[@]}" sim.seed=1 "sim.n_objects=[3,3]" "$@"
 RC=$?
 set -e
-echo "[demo] inference exit code $RC; logs under $LOG_ROOT/ (run.log, images/, planner/, summary.json)"
+echo "[demo] inference exit code $RC; logs under $LOG_ROOT/ (run.log, images/, planner/, summary.json, deployment/*.mp4)"
 exit $RC

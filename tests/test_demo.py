@@ -32,6 +32,9 @@ def _run_demo(tmp_path, mode, *overrides):
     assert (runs[0] / "run.log").stat().st_size > 0
     assert any((runs[0] / "images").glob("*box*.png"))
     assert (runs[0] / "planner" / "planner_log.jsonl").is_file()
+    videos = list((runs[0] / "deployment").glob("*.mp4"))
+    assert videos and all(v.stat().st_size > 0 for v in videos), out[-2000:]
+    assert "videos (wrist | head | mask)" in out
     return out, summary
 
 

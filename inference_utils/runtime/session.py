@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
@@ -44,7 +45,10 @@ def print_summary(summary: dict) -> None:
                       "yes" if o["success"] else "no", str(o["verifications"]), str(o["chunks"]),
                       f"{o['duration_s']:.1f}")
     console.print(table)
-    console.print(f"log directory: {summary['log_dir']}")
+    console.print(f"log directory: {summary['log_dir']} (run.log, images/, planner/, summary.json)")
+    videos = [f for f in summary.get("deployment_files", []) if str(f).endswith(".mp4")]
+    if videos:
+        console.print(f"videos (wrist | head | mask): {len(videos)} MP4 under {Path(videos[0]).parent}")
     if summary.get("error"):
         console.print(f"[bold red]{summary['error']}[/bold red]", markup=True, highlight=False)
 
