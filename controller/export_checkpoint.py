@@ -8,6 +8,9 @@ A training checkpoint holds the raw weights, the EMA weights, the optimiser/RNG 
 config. The export keeps what deployment needs: one ``model.safetensors`` (the EMA weights merged
 in by default, ``--no-ema`` keeps the raw ones), ``config.yaml``, ``normalizer.json`` and a
 ``meta.json`` that records the source, the weights used and a SHA-256 of the weight file. The
+exported ``config.yaml`` is the run's config with ``training.resume`` switched off (a deployment
+checkpoint has no optimiser state to resume from; fine-tune from it with
+``policy.start_ckpt_path``). The
 directory is written atomically and loads with :func:`controller.policy.loading.load_policy` or
 ``ChunkPolicy.from_checkpoint`` like any checkpoint. ``--max-mb`` fails the export when the weight
 file would exceed a size budget (the repository ships checkpoints of at most 50 MB).
@@ -23,6 +26,7 @@ import sys
 import time
 from typing import Any, Dict, Optional
 
+from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from controller.workspace.checkpoint import (CONFIG_FILE, EMA_FILE, FORMAT, META_FILE, MODEL_FILE, NORMALIZER_FILE,
@@ -71,10 +75,15 @@ def export_checkpoint(src: str, dst: str, use_ema: bool = True, max_mb: Optional
     if note:
         meta["note"] = note
 
+    cfg = OmegaConf.load(os.path.join(src, CONFIG_FILE))
+    if OmegaConf.select(cfg, "training") is not None:  # no optimiser state ships: nothing to resume
+        OmegaConf.update(cfg, "training.resume", False, force_add=True)
+        OmegaConf.update(cfg, "training.resume_from", None, force_add=True)
+
     def write(tmp: str) -> None:
         save_file(weights, os.path.join(tmp, MODEL_FILE), metadata={"format": FORMAT})
-        for name in (CONFIG_FILE, NORMALIZER_FILE):
-            shutil.copyfile(os.path.join(src, name), os.path.join(tmp, name))
+        OmegaConf.save(cfg, os.path.join(tmp, CONFIG_FILE))
+        shutil.copyfile(os.path.join(src, NORMALIZER_FILE), os.path.join(tmp, NORMALIZER_FILE))
         meta["model_sha256"] = _sha256(os.path.join(tmp, MODEL_FILE))
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=2, default=str)

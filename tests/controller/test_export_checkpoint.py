@@ -64,3 +64,20 @@ def test_export_raw_weights_and_errors(make_training_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="max-mb"):
         export_checkpoint(no_ema, str(tmp_path / "y"), use_ema=False, max_mb=1e-3)
     assert main([str(tmp_path / "missing"), str(tmp_path / "z")]) == 2
+
+
+def test_export_config_does_not_ask_to_resume(make_training_checkpoint, tmp_path):
+    """A run that was resumed has ``training.resume: true`` in its config; the deployment checkpoint
+    has no optimiser state, so its config must not ask to resume (the rest is kept as is)."""
+    from omegaconf import OmegaConf
+    src = make_training_checkpoint()
+    cfg = OmegaConf.load(os.path.join(src, "config.yaml"))
+    OmegaConf.update(cfg, "training.resume", True, force_add=True)
+    OmegaConf.update(cfg, "training.resume_from", "somewhere/latest", force_add=True)
+    OmegaConf.save(cfg, os.path.join(src, "config.yaml"))
+    dst = str(tmp_path / "shipped")
+    export_checkpoint(src, dst)
+    out = OmegaConf.load(os.path.join(dst, "config.yaml"))
+    assert out.training.resume is False and out.training.resume_from is None
+    for key in ("policy", "shape_meta"):
+        assert OmegaConf.to_container(out[key]) == OmegaConf.to_container(cfg[key])
