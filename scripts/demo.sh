@@ -8,7 +8,8 @@
 # The low-level controller is the shipped checkpoint when assets/controller_small_sim exists;
 # otherwise the simulator's scripted expert stands in for it (controller.type=expert) and the demo
 # says so. DEMO_CONTROLLER=policy|expert forces one (DEMO_CHECKPOINT=DIR picks another checkpoint).
-# Extra arguments are passed to inference.sh (e.g. sim.seed=3 sim.n_objects=[2,2]).
+# Extra arguments are passed to inference.sh (e.g. sim.seed=3 sim.n_objects=[2,2]). The scene, the
+# planner and the controller's diffusion noise are all seeded, so a run repeats exactly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -25,7 +26,8 @@ fi
 case "$MODE" in
   policy)
     if [ ! -f "$CKPT/model.safetensors" ]; then echo "[demo] error: no checkpoint in $CKPT" >&2; exit 2; fi
-    CONTROLLER=(controller.type=policy "controller.checkpoint=$CKPT")
+    # a seeded diffusion noise: the same scene and seed give the same run (override controller.seed=...)
+    CONTROLLER=(controller.type=policy "controller.checkpoint=$CKPT" controller.seed=0)
     echo "[demo] controller: diffusion controller from $CKPT" ;;
   expert)
     CONTROLLER=(controller.type=expert)
