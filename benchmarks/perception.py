@@ -149,6 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--tracker", default="flow")
     p.add_argument("--tracker-weights", default=None)
     p.add_argument("--reseg-every", type=int, default=10)
+    p.add_argument("--no-reacquire", action="store_true", help="flow tracker: do not re-find a lost object")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write per-episode results to this file")
     args = p.parse_args(argv)
@@ -158,6 +159,7 @@ def main(argv=None) -> int:
            "tracker": {"backend": args.tracker, "weights": args.tracker_weights, "device": args.device}}
     if args.tracker == "flow":
         cfg["tracker"]["reseg_every"] = args.reseg_every
+        cfg["tracker"]["reacquire"] = not args.no_reacquire
     segmenter, tracker = build_segmenter(cfg), build_tracker(cfg)
 
     source = args.source
@@ -175,7 +177,7 @@ def main(argv=None) -> int:
     episodes = (sim_episodes(n, args.seed, args.split, args.max_steps) if source == "sim"
                 else synthetic_episodes(n, args.seed))
     print(f"source={source} episodes={n} segmenter={args.segmenter} tracker={args.tracker}"
-          f"{' reseg_every=%d' % args.reseg_every if args.tracker == 'flow' else ''}")
+          f"{' reseg_every=%d reacquire=%s' % (args.reseg_every, not args.no_reacquire) if args.tracker == 'flow' else ''}")
     print(f"{'episode':<28}{'frames':>7}{'seg':>7}{'trk_on':>8}{'trk_lift':>9}{'trk_min':>8}"
           f"{'pipe_on':>8}{'ms/frame':>9}")
     rng = np.random.default_rng(args.seed)

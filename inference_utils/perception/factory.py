@@ -3,7 +3,8 @@
 Configuration shape (both sections optional)::
 
     segmenter: {backend: grabcut | sam | auto, checkpoint: path|null, model_type: vit_h, device: cpu}
-    tracker:   {backend: flow | cutie | auto, weights: path|null, device: cpu, reseg_every: 10}
+    tracker:   {backend: flow | cutie | auto, weights: path|null, device: cpu, reseg_every: 10,
+                reacquire: true}
 
 ``auto`` picks the learned back-end when its package and weights are available and falls back
 (with a warning) to the weight-free one otherwise.
@@ -28,7 +29,8 @@ _SEG_OPTS = {
 }
 _TRK_OPTS = {
     "flow": {"reseg_every", "max_roi_side", "margin", "prior_in", "prior_out", "prior_width",
-             "fg_rate", "bg_rate", "min_margin", "near_frac", "change_thresh", "prior_occ", "occ_rate", "prior_keep"},
+             "fg_rate", "bg_rate", "min_margin", "near_frac", "change_thresh", "prior_occ", "occ_rate", "prior_keep",
+             "reacquire", "lost_frac", "lost_patience"},
     "cutie": {"weights", "device", "max_internal_size", "mem_every"},
 }
 

@@ -10,6 +10,7 @@ from .base import MaskTracker, check_image, check_mask
 from .colour_model import ColourModel, hsv_bin_index
 from .grabcut import fill_holes
 from .masks import expand_box, keep_components, mask_iou, mask_to_box
+from .reacquire import Reacquirer
 
 __all__ = ["FlowTracker"]
 
@@ -56,6 +57,11 @@ class FlowTracker(MaskTracker):
     4. **Re-segmentation** — every ``reseg_every`` frames (0 = never), while the object is
        mostly visible, GrabCut refines the mask inside the tracked box and the colour model is
        refreshed from it; this removes slow drift.
+    5. **Re-acquisition** — when the visible mask has stayed below ``lost_frac`` of the object's
+       reference area for ``lost_patience`` frames (the hand pushed it away faster than the flow
+       followed), a :class:`~.reacquire.Reacquirer` searches around the last confident position
+       for a region with the object's start colours and size that has moved since the start,
+       and tracking resumes from it.
 
     Args:
         reseg_every: frames between GrabCut re-segmentations (0 disables it).
@@ -73,13 +79,17 @@ class FlowTracker(MaskTracker):
         prior_keep: prior for previously visible pixels whose appearance did not change.
         occ_rate: learning rate of the occluder colour model (colours that newly appear beside
             the resting object, i.e. the hand).
+        reacquire: enable step 5 (re-finding a lost object).
+        lost_frac / lost_patience: the object counts as lost once its visible area stays below
+            ``lost_frac`` of the reference area for ``lost_patience`` consecutive frames.
     """
 
     def __init__(self, reseg_every: int = 10, max_roi_side: int = 160, margin: float = 0.6,
                  prior_in: float = 0.9, prior_out: float = 0.02, prior_width: float = 1.5,
                  fg_rate: float = 0.05, bg_rate: float = 0.2, min_margin: int = 16,
                  near_frac: float = 0.15, change_thresh: float = 30.0, prior_occ: float = 0.15,
-                 occ_rate: float = 0.3, prior_keep: float = 0.98):
+                 occ_rate: float = 0.3, prior_keep: float = 0.98, reacquire: bool = True,
+                 lost_frac: float = 0.15, lost_patience: int = 2):
         if reseg_every < 0:
             raise ValueError("reseg_every must be >= 0 (0 disables re-segmentation)")
         if max_roi_side < 48:
@@ -96,6 +106,10 @@ class FlowTracker(MaskTracker):
         self.change_thresh, self.prior_occ = float(change_thresh), float(prior_occ)
         self.occ_rate = float(occ_rate)
         self.prior_keep = float(prior_keep)
+        if not 0.0 < lost_frac < 1.0 or lost_patience < 1:
+            raise ValueError("need 0 < lost_frac < 1 and lost_patience >= 1")
+        self.lost_frac, self.lost_patience = float(lost_frac), int(lost_patience)
+        self._reacquirer = Reacquirer() if reacquire else None
         self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
         self.reset()
 
@@ -109,6 +123,10 @@ class FlowTracker(MaskTracker):
         self._visible: Optional[np.ndarray] = None  # last output
         self._ref_area = 0
         self._frame = 0
+        self._lost = 0            # consecutive frames with (almost) nothing visible
+        self._last_seen: Optional[np.ndarray] = None  # last mask with >= half the reference area
+        #: frames at which the object was re-acquired after being lost (diagnostics)
+        self.reacquired_at: list[int] = []
 
     @property
     def started(self) -> bool:
@@ -136,6 +154,9 @@ class FlowTracker(MaskTracker):
         self._ref_area = int(self._shape.sum())
         self._prev_gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         self._prev_bgr = image.copy()
+        self._last_seen = mask.copy()
+        if self._reacquirer is not None:
+            self._reacquirer.start(image, mask)
 
     # ------------------------------------------------------------------ tracking
     def track(self, image_bgr: np.ndarray) -> np.ndarray:
@@ -255,10 +276,30 @@ class FlowTracker(MaskTracker):
                                                   interpolation=cv2.INTER_LINEAR) > 0.5
         if shape_full.any():
             self._shape = shape_full
+        out = self._check_lost(image, out)
         self._visible = out
         self._prev_gray = gray
         self._prev_bgr = image.copy()  # the caller may reuse its frame buffer
         return out.copy()
+
+    def _check_lost(self, image: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Step 5: count lost frames and, once lost, try to re-acquire; returns the mask to report."""
+        area = int(out.sum())
+        if area >= 0.5 * self._ref_area:
+            self._last_seen = out
+        self._lost = self._lost + 1 if area < self.lost_frac * self._ref_area else 0
+        if self._reacquirer is None or self._lost < self.lost_patience:
+            return out
+        found = self._reacquirer.find(image, self._last_seen)
+        if found is None:
+            return out
+        self._shape, self._last_seen, self._lost = fill_holes(found), found, 0
+        self.reacquired_at.append(self._frame)
+        idx = hsv_bin_index(image)
+        ring = (cv2.dilate(found.astype(np.uint8), _K3, iterations=6) > 0) & ~(
+            cv2.dilate(found.astype(np.uint8), _K3, iterations=2) > 0)
+        self._colour.update(idx[found], idx[ring], fg_rate=0.5, bg_rate=0.5)
+        return found
 
     @staticmethod
     def _static_fits_better(prev_g, cur_g, support, dx, dy) -> bool:
