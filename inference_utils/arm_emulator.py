@@ -32,6 +32,7 @@ from scipy.spatial.transform import Rotation
 
 from inference_utils.devices import realman_protocol as proto
 from inference_utils.robot_spec import ARM_LOWER, ARM_UPPER
+from inference_utils.stop_signals import install_stop_handlers
 
 # Simple 7-DoF chain: joint axes alternate z, y; link offsets along the local z axis (m).
 _AXES = "zyzyzyz"
@@ -280,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=proto.DEFAULT_PORT, help="TCP port (default 8080)")
     args = parser.parse_args(argv)
     emu = ArmEmulator(args.host, args.port).start()
+    install_stop_handlers()  # Ctrl-C, kill -INT or kill -TERM stop it, however it was launched
     try:  # entered before announcing the port: a Ctrl-C right after the announcement still stops cleanly
         print(f"arm emulator serving on {emu.host}:{emu.port} (Ctrl-C to stop)", flush=True)
         while True:

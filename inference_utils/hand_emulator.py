@@ -28,6 +28,7 @@ import numpy as np
 
 from inference_utils.devices.modbus_server import ModbusTcpRegisterServer, RegisterBank
 from inference_utils.devices.register_map import ANGLE_OPEN, VALUE_MAX, HandRegisterMap
+from inference_utils.stop_signals import install_stop_handlers
 
 STATUS_OPENING, STATUS_CLOSING, STATUS_REACHED, STATUS_FORCE_REACHED = 0, 1, 2, 3
 ROOM_TEMPERATURE_C = 30
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unit-id", type=int, default=None, help="answer only this unit id")
     args = parser.parse_args(argv)
     emu = HandEmulator(args.host, args.port, speed_scale=args.speed_scale, unit_id=args.unit_id).start()
+    install_stop_handlers()  # Ctrl-C, kill -INT or kill -TERM stop it, however it was launched
     try:  # entered before announcing the port: a Ctrl-C right after the announcement still stops cleanly
         print(f"hand emulator serving Modbus TCP on {emu.host}:{emu.port} (Ctrl-C to stop)", flush=True)
         while True:

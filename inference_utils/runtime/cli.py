@@ -13,13 +13,13 @@ applied to ``inference_utils/config/inference.yaml``.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from typing import Optional, Sequence
 
 from omegaconf import OmegaConf, open_dict
 
 from inference_utils.runtime.config import ConfigError, compose_config
+from inference_utils.stop_signals import install_stop_handlers, restore_handlers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,10 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="never read the terminal (scripts, CI)")
     parser.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     return parser
-
-
-def _raise_interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: Optional[Sequence[str]] = None, events: Sequence = ()) -> int:
@@ -66,14 +62,9 @@ def main(argv: Optional[Sequence[str]] = None, events: Sequence = ()) -> int:
     if args.cfg:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    previous = None
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not the main thread (e.g. called from a test worker)
-        pass
+    previous = install_stop_handlers()  # Ctrl-C / kill -INT / kill -TERM, even if SIGINT was inherited ignored
     try:
         code, _ = run_session(cfg, events=events)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        restore_handlers(previous)
     return code

@@ -29,10 +29,14 @@ def free_port() -> int:
          lambda port: RealManArm(host="127.0.0.1", port=port)),
     ],
 )
-def test_emulator_command_line(module, driver):
+@pytest.mark.parametrize("inherited_sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint-default", "sigint-ignored"])
+def test_emulator_command_line(module, driver, inherited_sigint):
+    """Serve, answer the real driver, stop on SIGINT with exit code 0 -- also when the process
+    inherits SIGINT as ignored (a background job of a non-interactive shell)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", module, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, inherited_sigint))
     try:
         line = proc.stdout.readline()
         assert f"127.0.0.1:{port}" in line, (line, proc.stderr.read() if proc.poll() is not None else "")

@@ -46,7 +46,9 @@ def test_ctrl_c_holds_the_arm_and_exits_130(tmp_path):
         [sys.executable, "inference.py", "--non_interactive", "--manual", "--bbox", "150,125,185,160",
          "controller.type=expert", f"logging.root={tmp_path}", "sim.n_objects=[2,2]", "sim.seed=1",
          "sim.image_height=240", "sim.image_width=320", "robot.attempt_time_limit_s=3600"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # SIGINT inherited as ignored (a background job of a non-interactive shell): it must still stop
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
