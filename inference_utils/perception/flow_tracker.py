@@ -293,7 +293,7 @@ class FlowTracker(MaskTracker):
         found = self._reacquirer.find(image, self._last_seen)
         if found is None:
             return out
-        self._shape, self._last_seen, self._lost = fill_holes(found), found, 0
+        self._shape, self._last_seen, self._lost = found, found, 0  # find() returns it hole-free
         self.reacquired_at.append(self._frame)
         idx = hsv_bin_index(image)
         ring = (cv2.dilate(found.astype(np.uint8), _K3, iterations=6) > 0) & ~(
