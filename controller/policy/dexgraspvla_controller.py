@@ -118,9 +118,10 @@ class DexGraspVLAController(nn.Module):
         set_fused_attention(self, self.fused_attention)
 
     def compile_for_inference(self, freezing: bool = True, **options) -> None:
-        """Compile the observation encoder and the cached denoising steps for deployment (see
-        :mod:`controller.policy.inference_compile`); the first chunk afterwards compiles. Call it
-        after the weights are loaded: with ``freezing`` they are baked into the compiled code."""
+        """Compile the observation encoder, the condition K/V projection and the cached denoising
+        steps for deployment (see :mod:`controller.policy.inference_compile`); the first chunk
+        afterwards compiles. Call it after the weights are loaded: with ``freezing`` they are baked
+        into the compiled code."""
         from controller.policy.inference_compile import InferenceCompiler
         self._inference_compiler = InferenceCompiler(self, freezing, options)
 
@@ -169,7 +170,10 @@ class DexGraspVLAController(nn.Module):
             traj = noise.to(device=device, dtype=torch.float32)
         sched = self.noise_scheduler
         sched.set_timesteps(self.num_inference_steps)
-        cache = self.model.prepare_condition(cond, sched.timesteps) if self.cache_condition_kv else None
+        cache = None
+        if self.cache_condition_kv:
+            project = compiled.project_condition if compiled is not None else None
+            cache = self.model.prepare_condition(cond, sched.timesteps, project=project)
         maps, steps = [], []
         n_keep = min(B, self.attn_map_samples)
         for t in sched.timesteps:

@@ -1,4 +1,5 @@
-"""``torch.compile`` for deployment: the observation encoder and the cached denoising steps.
+"""``torch.compile`` for deployment: the observation encoder, the once-per-chunk projection of the
+condition to cross-attention keys/values, and the cached denoising steps.
 
 For inference with fixed weights, inductor's *freezing* treats the parameters as constants (folds
 them and, on CPU, pre-packs the matrices for oneDNN). On the paper preset on a 2-core CPU this
@@ -9,7 +10,10 @@ parameter or buffer (``load_state_dict``, an EMA copy, an optimiser step) makes 
 functions stale: :meth:`InferenceCompiler.check` detects it from the tensors' version counters and
 raises instead of silently running old weights.
 
-Only the attention-free path is compiled: a chunk that captures attention maps runs eagerly.
+Only the attention-free path is compiled: a chunk that captures attention maps runs its denoising
+steps eagerly. The key/value buffers returned by the compiled projection are written in place (the
+time token's row, every step), so ``options`` must not select CUDA graphs (``mode="reduce-overhead"``
+/ ``"max-autotune"``); use ``"max-autotune-no-cudagraphs"``.
 """
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ class _Frozen:
 
 
 class InferenceCompiler:
-    """Compiled ``obs_encoder.forward`` and ``model._run_blocks`` of one policy, plus a staleness check.
+    """Compiled ``obs_encoder.forward``, ``model.project_condition`` (the once-per-chunk condition K/V)
+    and ``model._run_blocks`` (one denoising step) of one policy, plus a staleness check.
 
     Args:
         policy: a :class:`~controller.policy.dexgraspvla_controller.DexGraspVLAController`.
@@ -48,8 +53,12 @@ class InferenceCompiler:
     def __init__(self, policy: nn.Module, freezing: bool = True, options: Optional[dict] = None) -> None:
         self.policy = policy
         options = dict(options or {})
+        if options.get("mode") in ("reduce-overhead", "max-autotune"):
+            raise ValueError(f"compile mode {options['mode']!r} uses CUDA graphs, whose output buffers the "
+                             "in-place key/value cache would overwrite; use 'max-autotune-no-cudagraphs'")
         self.encoder = _Frozen(policy.obs_encoder.forward, freezing, options)
         self.run_blocks = _Frozen(policy.model._run_blocks, freezing, options)
+        self.project_condition = _Frozen(policy.model.project_condition, freezing, options)
         self._versions = self._snapshot()
 
     def _snapshot(self) -> list[int]:

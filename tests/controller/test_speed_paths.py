@@ -115,3 +115,12 @@ def test_compiled_for_inference_equals_eager_and_refuses_stale_weights():
         policy.model.head.bias.add_(0.1)
     with pytest.raises(StaleCompiledPolicyError, match="changed after compile_for_inference"):
         policy.predict_action(obs, noise=noise)
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_compile_refuses_cuda_graph_modes(mode):
+    """CUDA-graph modes reuse output buffers, which the in-place key/value cache would corrupt."""
+    from tests.controller.conftest import build_policy
+    policy, _ = build_policy("tiny")
+    with pytest.raises(ValueError, match="no-cudagraphs"):
+        policy.compile_for_inference(mode=mode)

@@ -153,25 +153,33 @@ class TransformerForActionDiffusion(nn.Module):
         return self._run_blocks(self._embed_actions(sample), [k for k, _ in kvs], [v for _, v in kvs],
                                 mask, capture_attention)
 
+    def project_condition(self, c: torch.Tensor) -> tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Per-block cross-attention keys/values of a condition sequence, in attention layout.
+
+        c: (B, L, D) condition tokens with their positional embedding -> keys, values: per block
+        (B, h, L, d), contiguous, keys k-normed. Pure tensor code (no cache bookkeeping), so the
+        policy can hand it to ``torch.compile`` (:mod:`controller.policy.inference_compile`).
+        """
+        keys, values = [], []
+        for blk in self.blocks:
+            k, v = blk.cross_attn.project_kv(c)                       # (B, h, L, d) each
+            keys.append(k.contiguous())
+            values.append(v.contiguous())
+        return keys, values
+
     @torch.no_grad()
-    def prepare_condition(self, cond: torch.Tensor, timesteps=None) -> ConditionCache:
+    def prepare_condition(self, cond: torch.Tensor, timesteps=None, project=None) -> ConditionCache:
         """Project the observation tokens (B, N, D) to per-block K/V once per action chunk.
 
         ``timesteps``: optional sequence of the (integer) timesteps the chunk will be denoised at;
         their time-token K/V rows are then projected here in one batch instead of once per step.
+        ``project``: optional replacement of :meth:`project_condition` (e.g. a compiled one).
         """
         B, n_obs = cond.shape[0], cond.shape[1]
         self._check_cond(n_obs)
-        c = cond + self.cond_pos_emb[:, :n_obs]
-        keys, values = [], []
-        for blk in self.blocks:
-            k, v = blk.cross_attn.project_kv(c)                       # (B, h, N, d)
-            kb = k.new_empty(B, k.shape[1], n_obs + 1, k.shape[-1])   # room for the time token's row
-            vb = v.new_empty(B, v.shape[1], n_obs + 1, v.shape[-1])
-            kb[:, :, :n_obs] = k
-            vb[:, :, :n_obs] = v
-            keys.append(kb)
-            values.append(vb)
+        # the last row is a placeholder: forward_cached writes the time token's K/V there each step
+        c = torch.cat([cond + self.cond_pos_emb[:, :n_obs], cond.new_zeros(B, 1, cond.shape[-1])], dim=1)
+        keys, values = (project or self.project_condition)(c)        # per block (B, h, N+1, d)
         cache = ConditionCache(keys, values, n_obs)
         if timesteps is not None and len(timesteps):
             ts = [int(t) for t in timesteps]
