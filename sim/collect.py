@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from controller.dataset.errors import DatasetError
 from controller.dataset.writer import ZarrEpisodeWriter
-from sim.config import SPLITS, SimConfig, SimConfigError, check_split
+from sim.config import SPLITS, TABLE_APPEARANCES, SimConfig, SimConfigError, check_split
 
 _WORKER_ENV = None
 
@@ -72,13 +72,15 @@ def _as_episode(frames: dict) -> dict:
 def collect(out: str, episodes: int, split: str = "train", seed: int = 0, workers: int = 1,
             n_objects: tuple[int, int] = (4, 10), clutter: str = "normal", keep_failed: bool = False,
             zarr_format: int = 2, progress: bool = True, action_noise: float = 0.0,
-            target: str = "scene") -> dict:
+            target: str = "scene", table: str = "presets") -> dict:
     """Collect ``episodes`` expert episodes into ``out``; returns a summary dict.
 
     ``action_noise`` > 0 perturbs the executed arm targets (recorded actions stay clean; see
     :class:`sim.expert.ArmPerturbation`) so the data shows recoveries from off-plan states.
     ``target="random"`` grasps a uniformly drawn object per scene instead of the designated one,
-    ``target="planner"`` the offline planner's first pick (often near the rim or next to others)."""
+    ``target="planner"`` the offline planner's first pick (often near the rim or next to others).
+    ``table="procedural"`` draws a random table per scene instead of the training presets
+    (``SimConfig.table_appearance``; held-out table colours are excluded)."""
     from sim.expert import TARGET_CHOICES
     check_split(split)
     if episodes < 1:
@@ -91,7 +93,7 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
         raise SimConfigError(f"action_noise must be in [0, 0.2] (normalised joint units), got {action_noise}")
     if target not in TARGET_CHOICES:
         raise SimConfigError(f"target must be one of {', '.join(TARGET_CHOICES)}, got {target!r}")
-    config = SimConfig(n_objects=tuple(n_objects), clutter=clutter, split=split)
+    config = SimConfig(n_objects=tuple(n_objects), clutter=clutter, split=split, table_appearance=table)
     writer = open_store(out, (config.image_height, config.image_width), zarr_format)
     max_attempts = 2 * episodes + 10
     jobs = [(seed + i, split, float(action_noise), target) for i in range(max_attempts)]
@@ -140,10 +142,10 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
                "total_episodes_in_store": writer.n_episodes, "total_frames_in_store": writer.n_steps,
                "elapsed_s": elapsed, "episodes_per_min": 60.0 * (stored + len(failed)) / max(elapsed, 1e-9),
                "n_objects": list(n_objects), "clutter": clutter, "keep_failed": keep_failed,
-               "action_noise": float(action_noise), "target": target}
+               "action_noise": float(action_noise), "target": target, "table": table}
     history = list(writer.root.attrs.get("sim_collect", []))  # provenance of every collection run
     history.append({k: summary[k] for k in ("split", "stored", "seeds", "failed_seeds", "n_objects", "clutter",
-                                            "action_noise", "target")})
+                                            "action_noise", "target", "table")})
     writer.root.attrs["sim_collect"] = history
     if stored < episodes:
         print(f"warning: only {stored}/{episodes} successful episodes after {max_attempts} attempts",
@@ -171,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="object to grasp: the scene's designated target (placed clear of the rim and of "
                         "other objects), one drawn uniformly per scene, or the offline planner's first "
                         "pick (rightmost object not hemmed in)")
+    p.add_argument("--table", default="presets", choices=TABLE_APPEARANCES,
+                   help="table appearance: the split's presets, or a procedural table per scene (random "
+                        "colour, texture and contrast, kept clear of the held-out tables' colours)")
     return p
 
 
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         check_split(args.split)
         s = collect(args.out, args.episodes, args.split, args.seed, args.workers, tuple(args.objects),
                     args.clutter, args.keep_failed, args.zarr_format, action_noise=args.action_noise,
-                    target=args.target)
+                    target=args.target, table=args.table)
     except (SimConfigError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,9 @@ SPLITS = ("train", "unseen_objects", "unseen_backgrounds", "unseen_lighting")
 #: Clutter levels: how densely the objects are packed on the table.
 CLUTTER_LEVELS = ("sparse", "normal", "dense")
 
+#: Table appearance of the training factor: the split's presets, or procedural (data collection).
+TABLE_APPEARANCES = ("presets", "procedural")
+
 
 class SimConfigError(ValueError):
     """Raised for an invalid simulator argument; the message names the argument."""
@@ -43,6 +46,10 @@ class SimConfig:
         render_observations: render camera images for observations; when False the images are
             all-zero placeholders of the right shape (fast physics-only runs, e.g. the expert
             benchmark) and ``bbox_head`` is None.
+        table_appearance: ``presets`` (the split's table presets) or ``procedural`` (data
+            collection: random training tables kept clear of the held-out colours, see
+            :func:`sim.randomization.procedural_background`; the ``unseen_backgrounds`` split keeps
+            its presets). Only the table changes: objects, lights and camera are the same scene.
     """
 
     n_objects: tuple[int, int] = (4, 10)
@@ -60,6 +67,7 @@ class SimConfig:
     render_wrist_seg: bool = False
     terminate_on_success: bool = True
     render_observations: bool = True
+    table_appearance: str = "presets"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -81,6 +89,9 @@ class SimConfig:
         if self.clutter not in CLUTTER_LEVELS:
             raise SimConfigError(f"clutter={self.clutter!r} is unknown; valid: {', '.join(CLUTTER_LEVELS)}")
         check_split(self.split)
+        if self.table_appearance not in TABLE_APPEARANCES:
+            raise SimConfigError(f"table_appearance={self.table_appearance!r} is unknown; valid: "
+                                 f"{', '.join(TABLE_APPEARANCES)}")
         if self.image_height < 16 or self.image_width < 16:
             raise SimConfigError(f"image size must be at least 16x16, got {self.image_height}x{self.image_width}")
         if self.control_hz <= 0:

@@ -3,10 +3,18 @@
 Every factor (object shapes, colour palette, table/background appearance, lighting) has a
 ``train`` set and a disjoint held-out set. A split takes all factors from ``train`` except the one
 it names, which comes from the held-out set. :func:`factor_sets` returns the sets for a split.
+
+For data collection, ``SimConfig(table_appearance="procedural")`` replaces the four training tables
+with :func:`procedural_background`: random colours, textures and contrasts, every colour at least
+:data:`HELD_OUT_MARGIN` away from every colour of the held-out tables, so ``unseen_backgrounds``
+stays unseen. Evaluation always uses the presets.
 """
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass
+
+import numpy as np
 
 from sim.config import check_split
 
@@ -60,6 +68,45 @@ UNSEEN_BACKGROUNDS = (
     BackgroundPreset("blue_mat", "gradient", (0.20, 0.35, 0.65), (0.10, 0.18, 0.40), (0.70, 0.70, 0.65)),
     BackgroundPreset("dark_walnut", "checker", (0.28, 0.16, 0.08), (0.22, 0.12, 0.06), (0.80, 0.80, 0.82), 3.0),
 )
+
+
+#: Minimum RGB (Euclidean, [0, 1] units) distance between any colour of a procedural table and any
+#: colour of a held-out table (``UNSEEN_BACKGROUNDS`` rgb1/rgb2).
+HELD_OUT_MARGIN = 0.2
+
+
+def held_out_table_colours() -> np.ndarray:
+    """(2 * len(UNSEEN_BACKGROUNDS), 3) table colours of the held-out presets."""
+    return np.asarray([c for p in UNSEEN_BACKGROUNDS for c in (p.rgb1, p.rgb2)], dtype=np.float64)
+
+
+def _hsv(h: float, s: float, v: float) -> tuple[float, float, float]:
+    return tuple(float(c) for c in colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0)))
+
+
+def procedural_background(rng: np.random.Generator, max_tries: int = 1000) -> BackgroundPreset:
+    """A random training table: flat, checker or gradient texture in a random hue, saturation and
+    brightness, with a low to high contrast second colour (sometimes of another hue), and the floor
+    of a training preset. Rejects draws with a colour closer than :data:`HELD_OUT_MARGIN` to a
+    held-out table colour."""
+    held_out = held_out_table_colours()
+    for _ in range(max_tries):
+        texture = ("flat", "checker", "gradient")[int(rng.integers(3))]
+        hue, sat, val = rng.uniform(0.0, 1.0), rng.uniform(0.0, 0.85), rng.uniform(0.2, 0.95)
+        rgb1 = _hsv(hue, sat, val)
+        if texture == "flat":
+            rgb2 = tuple(float(c * rng.uniform(0.88, 1.0)) for c in rgb1)
+        elif rng.uniform() < 0.3:
+            rgb2 = _hsv(rng.uniform(0.0, 1.0), rng.uniform(0.0, 0.85), rng.uniform(0.2, 0.95))
+        else:
+            rgb2 = _hsv(hue + rng.normal(0.0, 0.04), sat * rng.uniform(0.6, 1.2), val * (1.0 - rng.uniform(0.05, 0.8)))
+        colours = np.asarray([rgb1, rgb2])
+        if np.linalg.norm(colours[:, None] - held_out[None], axis=-1).min() < HELD_OUT_MARGIN:
+            continue
+        floor = TRAIN_BACKGROUNDS[int(rng.integers(len(TRAIN_BACKGROUNDS)))].floor
+        texrepeat = float(rng.uniform(3.0, 12.0)) if texture == "checker" else 4.0
+        return BackgroundPreset("procedural", texture, rgb1, rgb2, floor, texrepeat)
+    raise RuntimeError(f"no procedural table clear of the held-out colours in {max_tries} draws")
 
 
 @dataclass(frozen=True)

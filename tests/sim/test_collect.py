@@ -86,3 +86,11 @@ def test_target_choice_provenance(tmp_path, target):
                  "--target", target]) == 0
     _check_store(out, 1)
     assert zarr.open_group(str(out), mode="r").attrs["sim_collect"][-1]["target"] == target
+
+
+def test_procedural_table_provenance(tmp_path):
+    out = tmp_path / "procedural.zarr"
+    assert main(["--out", str(out), "--episodes", "1", "--seed", "5", "--objects", "4", "5",
+                 "--table", "procedural"]) == 0
+    _check_store(out, 1)
+    assert zarr.open_group(str(out), mode="r").attrs["sim_collect"][-1]["table"] == "procedural"
