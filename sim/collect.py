@@ -7,6 +7,10 @@ Usage::
 Episode ``i`` of a run uses scene seed ``seed + i``; failed episodes are skipped (``--keep-failed``
 keeps them) and further seeds are tried until ``--episodes`` successes are stored (at most
 ``2 * episodes + 10`` attempts). Existing stores are appended to.
+
+Ctrl-C, ``kill -INT`` or ``kill -TERM`` (also when SIGINT was inherited as ignored, as by
+background jobs) stops after the episodes already simulated are written: the store stays
+consistent and its provenance records the run as interrupted (exit code 130).
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ def _episode(env, seed: int, split: str, action_noise: float = 0.0, target: str 
 
 def _worker_init(config: SimConfig) -> None:
     global _WORKER_ENV
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     from sim.env import GraspEnv
     _WORKER_ENV = GraspEnv(config)
 
@@ -119,19 +125,23 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
         bar.set_postfix(failed=len(failed), steps=result["steps"])
         return stored >= episodes
 
-    if workers == 1:
-        from sim.env import GraspEnv
-        with GraspEnv(config) as env:
-            for job in jobs:
-                if consume(_episode(env, *job)):
-                    break
-    else:
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_worker_init, initargs=(config,)) as pool:
-            for result in pool.imap(_worker_run, jobs):
-                if consume(result):
-                    break
-            pool.terminate()
+    interrupted = False
+    try:
+        if workers == 1:
+            from sim.env import GraspEnv
+            with GraspEnv(config) as env:
+                for job in jobs:
+                    if consume(_episode(env, *job)):
+                        break
+        else:
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(workers, initializer=_worker_init, initargs=(config,)) as pool:
+                for result in pool.imap(_worker_run, jobs):
+                    if consume(result):
+                        break
+                pool.terminate()
+    except KeyboardInterrupt:
+        interrupted = True  # episodes already handed to the writer are still written below
     for fut in pending:
         fut.result()
     io_pool.shutdown()
@@ -142,12 +152,13 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
                "total_episodes_in_store": writer.n_episodes, "total_frames_in_store": writer.n_steps,
                "elapsed_s": elapsed, "episodes_per_min": 60.0 * (stored + len(failed)) / max(elapsed, 1e-9),
                "n_objects": list(n_objects), "clutter": clutter, "keep_failed": keep_failed,
-               "action_noise": float(action_noise), "target": target, "table": table}
+               "action_noise": float(action_noise), "target": target, "table": table,
+               "interrupted": interrupted}
     history = list(writer.root.attrs.get("sim_collect", []))  # provenance of every collection run
     history.append({k: summary[k] for k in ("split", "stored", "seeds", "failed_seeds", "n_objects", "clutter",
-                                            "action_noise", "target", "table")})
+                                            "action_noise", "target", "table", "interrupted")})
     writer.root.attrs["sim_collect"] = history
-    if stored < episodes:
+    if stored < episodes and not interrupted:
         print(f"warning: only {stored}/{episodes} successful episodes after {max_attempts} attempts",
               file=sys.stderr)
     return summary
@@ -182,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    from inference_utils.stop_signals import install_stop_handlers, restore_handlers
+    previous = install_stop_handlers()
     try:
         check_split(args.split)
         s = collect(args.out, args.episodes, args.split, args.seed, args.workers, tuple(args.objects),
@@ -190,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     except (SimConfigError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        restore_handlers(previous)
+    if s["interrupted"]:
+        print(f"interrupted: stored {s['stored']} episodes before the stop; store now has "
+              f"{s['total_episodes_in_store']} episodes / {s['total_frames_in_store']} frames", file=sys.stderr)
+        return 130
     print(f"stored {s['stored']} episodes ({len(s['failed_seeds'])} failed) in {s['elapsed_s']:.1f} s "
           f"({s['episodes_per_min']:.1f} episodes/min, mean {s['mean_steps']:.0f} steps); "
           f"store now has {s['total_episodes_in_store']} episodes / {s['total_frames_in_store']} frames")
