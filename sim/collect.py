@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from controller.dataset.errors import DatasetError
 from controller.dataset.writer import ZarrEpisodeWriter
+from inference_utils.stop_signals import install_stop_handlers, restore_handlers
 from sim.config import SPLITS, TABLE_APPEARANCES, SimConfig, SimConfigError, check_split
 
 _WORKER_ENV = None
@@ -39,7 +41,6 @@ def _episode(env, seed: int, split: str, action_noise: float = 0.0, target: str 
 
 def _worker_init(config: SimConfig) -> None:
     global _WORKER_ENV
-    import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     from sim.env import GraspEnv
     _WORKER_ENV = GraspEnv(config)
@@ -193,7 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    from inference_utils.stop_signals import install_stop_handlers, restore_handlers
     previous = install_stop_handlers()
     try:
         check_split(args.split)

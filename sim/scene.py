@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.config import SimConfig, SimConfigError, check_split
-from sim.randomization import BackgroundPreset, factor_sets, procedural_background
+from sim.randomization import TRAIN_BACKGROUNDS, BackgroundPreset, factor_sets, procedural_background
 
 #: Workspace on the table (world metres) and gaps between objects per clutter level.
 WORKSPACE_X = (0.34, 0.66)
@@ -182,7 +182,7 @@ def sample_scene(seed: int, split: str, config: SimConfig) -> SceneSpec:
             grasp_yaw=float(yaw + gyaw), grasp_width=float(width), height=float(height)))
 
     bg = sets.backgrounds[int(rng.integers(len(sets.backgrounds)))]
-    if config.table_appearance == "procedural" and split != "unseen_backgrounds":
+    if config.table_appearance == "procedural" and sets.backgrounds == TRAIN_BACKGROUNDS:
         # own stream: every other factor of the scene is the same as with the presets
         bg = procedural_background(np.random.default_rng([int(seed), 0x7AB1E]))
     ls = sets.lighting

@@ -1,6 +1,12 @@
 """A collected mini dataset has the controller's zarr layout; bad outputs/splits fail clearly."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import zarr
@@ -101,11 +107,6 @@ def test_stop_signal_keeps_what_was_collected(tmp_path, workers):
     """SIGTERM (here to a process that inherited SIGINT as ignored, like a background job) stops the
     collector after the simulated episodes are written: a consistent store, provenance marked
     interrupted, exit code 130."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
     out = tmp_path / "stopped.zarr"
     proc = subprocess.Popen(
         [sys.executable, "-m", "sim.collect", "--out", str(out), "--episodes", "40", "--seed", "5",
