@@ -34,6 +34,14 @@ STAMP="$VENV/.dexgraspvla-$(echo "$EXTRAS" | tr ',' '_').stamp"
 HASH="$(cat pyproject.toml requirements.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
   echo "[bootstrap] installing the project with extras [$EXTRAS] (first time takes a few minutes)"
+  # PyPI's torch for x86_64 is a CUDA build: the venv needs ~7 GB. Say so before pip fails halfway.
+  NEED_GB="${DEXGRASPVLA_MIN_FREE_GB:-8}"
+  FREE_GB="$(df -Pk "$VENV" | awk 'NR==2 {print int($4 / 1048576)}')"
+  if [ ! -f "$STAMP" ] && [ "${FREE_GB:-0}" -lt "$NEED_GB" ]; then
+    echo "[bootstrap] only ${FREE_GB} GB free on the file system of $VENV; the first install needs about" \
+         "${NEED_GB} GB (torch with its CUDA libraries). Free some space (or set DEXGRASPVLA_MIN_FREE_GB)." >&2
+    exit 1
+  fi
   LOG="$VENV/pip-install.log"
   if ! "$VENV/bin/python" -m pip install --progress-bar off -e ".[$EXTRAS]" >"$LOG" 2>&1; then
     tail -40 "$LOG"; echo "[bootstrap] pip install failed; full log: $LOG" >&2; exit 1
