@@ -38,10 +38,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Opti
 
 def set_fused_attention(module: nn.Module, enabled: bool) -> int:
     """Switch every attention layer under ``module`` that has a ``fused_attn`` flag (this file's
-    layers and timm's ViT ``Attention``) to fused SDPA (True) or explicit math (False).
+    layers, the mask ViT's and timm's ViT ``Attention``) to fused SDPA (True) or explicit math (False).
 
-    Returns the number of layers switched. The mask ViT (``nn.TransformerEncoder``) has no such flag
-    and keeps PyTorch's own kernels.
+    Returns the number of layers switched (the mask ViT's layers included).
     """
     n = 0
     for m in module.modules():

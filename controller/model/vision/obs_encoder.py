@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from controller.common.shape_meta import image_size_of, state_dim_of, validate_shape_meta
 from controller.model.vision.color_jitter import BatchColorJitter
+from controller.model.vision.mask_transformer import MaskTransformer
 from controller.model.vision.backbones import PATCH_SIZE, build_dino_backbone, feature_dim_of, patch_tokens
 
 logger = logging.getLogger(__name__)
@@ -136,11 +137,7 @@ class ObsEncoder(nn.Module):
                 nn.Flatten(2),            # (N, C, gh*gw)
                 _Transpose12(),           # (N, gh*gw, C)
                 nn.LayerNorm(head_dim)),
-            "transformer": nn.TransformerEncoder(
-                nn.TransformerEncoderLayer(d_model=head_dim, nhead=mask_heads, dim_feedforward=mlp_dim,
-                                           dropout=0.0, activation=nn.GELU(), batch_first=True,
-                                           norm_first=True),
-                num_layers=mask_layers, enable_nested_tensor=False),
+            "transformer": MaskTransformer(head_dim, mask_heads, mlp_dim, mask_layers),
         })
         self.head_net = _fusion_mlp(2 * head_dim, self.feature_dim, self.feature_dim, dropout)
         self.wrist_net = _fusion_mlp(wrist_dim, self.feature_dim, self.feature_dim, dropout)
