@@ -92,44 +92,65 @@ INFERENCE_ROWS = [
 
 
 COMPILED_ROW = "+ torch.compile, frozen weights"
+#: Rows of the second phase, after :func:`keep_freed_memory` (process-wide, so measured last).
+MALLOC_ROWS = {"straightforward": "straightforward, glibc keeps freed memory",
+               "eager": "+ inference_mode, glibc keeps freed memory",
+               "compiled": "+ torch.compile, glibc keeps freed memory"}
 
 
-def inference_rows(policy, obs, noise, repeats: int, warmup: bool, bf16: bool = True, compiled: bool = True):
-    """Median chunk latency per row (``INFERENCE_ROWS``), encoder/diffusion split, max |diff|; with
-    ``compiled`` also the optimised path under :meth:`compile_for_inference` (run last, after the
-    eager rows, on a deep copy of the policy; its one-off compile time is reported, not timed)."""
+def _round_robin(runners: dict, res: dict, repeats: int, warmup: bool) -> None:
+    """Run each ``runners[name]() -> (total_s, encoder_s, actions)`` once per round, ``repeats``
+    rounds (after one warm-up round), recording into ``res[name]``."""
+    if warmup:
+        for run in runners.values():
+            run()
+    for r in range(repeats):
+        for name, run in runners.items():
+            total, enc, actions = run()
+            d = res.setdefault(name, {"total": [], "encoder": [], "rss_gb": None, "actions": None})
+            d["total"].append(total)
+            d["encoder"].append(enc)
+            if d["actions"] is None:
+                d["actions"], d["rss_gb"] = actions, peak_rss_gb()
+            print(f"  round {r}: {name}: {total:.2f} s (encoders {enc:.2f} s)", flush=True)
+
+
+def inference_rows(policy, obs, noise, repeats: int, warmup: bool, bf16: bool = True, compiled: bool = True,
+                   malloc: bool = True):
+    """Median chunk latency per row (``INFERENCE_ROWS``), encoder/diffusion split, max |diff|.
+
+    With ``compiled`` also the optimised path under :meth:`compile_for_inference` (after the eager
+    rows, on a deep copy of the policy; its one-off compile time is reported, not timed). With
+    ``malloc`` a second phase follows under :func:`keep_freed_memory` (process-wide and sticky,
+    hence last): the straightforward path, the best eager path and the compiled path again. Speed-ups
+    are against the first-phase straightforward row; ``speedup_same_allocator`` is against the
+    second phase's straightforward row for the second-phase rows.
+    """
     import copy
+    from controller.common.malloc_tuning import keep_freed_memory
     rows = [r for r in INFERENCE_ROWS if bf16 or not r[1][3]]
     timer = EncoderTimer(policy.obs_encoder)
-    res = {name: {"total": [], "encoder": [], "rss_gb": None, "actions": None} for name, _ in rows}
+    res: dict = {}
     device = policy.device
 
-    def run(settings):
-        fused, cache_kv, inf_mode, autocast, capture = settings
-        policy.set_fused_attention(fused)
-        policy.cache_condition_kv = cache_kv
-        ctx = torch.inference_mode() if inf_mode else torch.no_grad()
-        t = time.perf_counter()
-        with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            actions = policy.predict_action(obs, noise=noise, return_attention=capture)
-        if capture:
-            actions = actions[0]
-        return time.perf_counter() - t, timer.last, actions.float().clone()
+    def eager(settings):
+        def run():
+            fused, cache_kv, inf_mode, autocast, capture = settings
+            policy.set_fused_attention(fused)
+            policy.cache_condition_kv = cache_kv
+            ctx = torch.inference_mode() if inf_mode else torch.no_grad()
+            t = time.perf_counter()
+            with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                actions = policy.predict_action(obs, noise=noise, return_attention=capture)
+            if capture:
+                actions = actions[0]
+            return time.perf_counter() - t, timer.last, actions.float().clone()
+        return run
 
-    if warmup:
-        for _, settings in rows:
-            run(settings)
-    for r in range(repeats):
-        for name, settings in rows:
-            total, enc, actions = run(settings)
-            res[name]["total"].append(total)
-            res[name]["encoder"].append(enc)
-            if res[name]["actions"] is None:
-                res[name]["actions"], res[name]["rss_gb"] = actions, peak_rss_gb()
-            print(f"  round {r}: {name}: {total:.2f} s (encoders {enc:.2f} s)", flush=True)
+    _round_robin({name: eager(settings) for name, settings in rows}, res, repeats, warmup)
     policy.set_fused_attention(True)
     policy.cache_condition_kv = True
-    compile_s = None
+    compile_s, run_compiled, twin = None, None, None
     if compiled:
         twin = copy.deepcopy(policy)
         twin.compile_for_inference()
@@ -147,17 +168,22 @@ def inference_rows(policy, obs, noise, repeats: int, warmup: bool, bf16: bool = 
             t = time.perf_counter()
             with torch.inference_mode():
                 actions = twin.predict_action(obs, noise=noise)
-            return time.perf_counter() - t, actions.float().clone()
+            return time.perf_counter() - t, enc_s[0], actions.float().clone()
 
-        compile_s, first = run_compiled()
-        res[COMPILED_ROW] = {"total": [], "encoder": [], "rss_gb": peak_rss_gb(), "actions": first}
-        for r in range(repeats):
-            total, _ = run_compiled()
-            res[COMPILED_ROW]["total"].append(total)
-            res[COMPILED_ROW]["encoder"].append(enc_s[0])
-            print(f"  round {r}: {COMPILED_ROW}: {total:.2f} s (encoders {enc_s[0]:.2f} s)", flush=True)
+        compile_s = run_compiled()[0]
+        _round_robin({COMPILED_ROW: run_compiled}, res, repeats, warmup=False)
         rows.append((COMPILED_ROW, (True, True, True, False, False)))
-        del twin
+    if malloc and keep_freed_memory():
+        phase2 = {MALLOC_ROWS["straightforward"]: eager(rows[0][1]),
+                  MALLOC_ROWS["eager"]: eager((True, True, True, False, False))}
+        if run_compiled is not None:
+            phase2[MALLOC_ROWS["compiled"]] = run_compiled
+        _round_robin(phase2, res, repeats, warmup)
+        rows += [(MALLOC_ROWS["straightforward"], rows[0][1]),
+                 (MALLOC_ROWS["eager"], (True, True, True, False, False))]
+        if run_compiled is not None:
+            rows.append((MALLOC_ROWS["compiled"], (True, True, True, False, False)))
+    del twin
     base = res[rows[0][0]]
     out = []
     for name, settings in rows:
@@ -166,14 +192,18 @@ def inference_rows(policy, obs, noise, repeats: int, warmup: bool, bf16: bool = 
         diff = [t - e for t, e in zip(d["total"], d["encoder"])]
         out.append({"row": name, "fused_attention": settings[0], "cache_condition_kv": settings[1],
                     "inference_mode": settings[2], "bf16_autocast": settings[3], "attention_capture": settings[4],
+                    "keep_freed_memory": name in MALLOC_ROWS.values(),
                     "threads": torch.get_num_threads(), "latency_s": tot, "encoder_s": enc,
                     "diffusion_s": statistics.median(diff), "runs_s": d["total"],
                     "max_abs_diff": float((d["actions"] - base["actions"]).abs().max()),
-                    "peak_rss_gb": d["rss_gb"], "compile_s": compile_s if name == COMPILED_ROW else None})
+                    "peak_rss_gb": d["rss_gb"],
+                    "compile_s": compile_s if name in (COMPILED_ROW, MALLOC_ROWS["compiled"]) else None})
     b_tot, b_dif = out[0]["latency_s"], out[0]["diffusion_s"]
+    same = next((r["latency_s"] for r in out if r["row"] == MALLOC_ROWS["straightforward"]), None)
     for row in out:
         row["speedup"] = b_tot / row["latency_s"]
         row["diffusion_speedup"] = b_dif / row["diffusion_s"]
+        row["speedup_same_allocator"] = (same if row["keep_freed_memory"] else b_tot) / row["latency_s"]
     return out
 
 
@@ -277,6 +307,8 @@ def main() -> None:
     ap.add_argument("--skip-inference", action="store_true")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (inference and training)")
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16-autocast rows")
+    ap.add_argument("--no-malloc", action="store_true",
+                    help="skip the second inference phase under keep_freed_memory (glibc allocator tuning)")
     ap.add_argument("--quick", action="store_true", help="1 repeat, no warm-up (smoke run)")
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     args = ap.parse_args()
@@ -284,24 +316,29 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     report = {"torch": torch.__version__, "default_threads": default_threads, "cpu_count": os.cpu_count(),
               "repeats": repeats, "presets": {}}
-    for preset in args.policy:
+    # Training and loader rows first, for every preset: the inference rows end with the allocator
+    # phase, whose process-wide setting would otherwise carry over into them.
+    order = ([("train", p) for p in args.policy] if not args.skip_train else []) + \
+            ([("inference", p) for p in args.policy] if not args.skip_inference else [])
+    for part, preset in order:
         t = time.perf_counter()
         policy, cfg = build(preset)
-        entry = {"build_s": time.perf_counter() - t, "image_size": int(cfg.image_size),
-                 "condition_tokens": policy.obs_encoder.num_tokens + 1, "ddim_steps": policy.num_inference_steps}
-        print(f"\n== {preset}: {entry['image_size']} px, {entry['condition_tokens']} condition tokens, "
+        entry = report["presets"].setdefault(preset, {})
+        entry.update({"build_s": time.perf_counter() - t, "image_size": int(cfg.image_size),
+                      "condition_tokens": policy.obs_encoder.num_tokens + 1,
+                      "ddim_steps": policy.num_inference_steps})
+        print(f"\n== {preset} ({part}): {entry['image_size']} px, {entry['condition_tokens']} condition tokens, "
               f"{entry['ddim_steps']} DDIM steps (built in {entry['build_s']:.0f} s)", flush=True)
-        if not args.skip_inference:
+        if part == "inference":
             from tests.controller.conftest import random_obs
             obs = random_obs(1, entry["image_size"], seed=0)
             noise = torch.randn(1, policy.action_horizon, policy.action_dim, generator=torch.Generator().manual_seed(0))
             entry["inference"] = inference_rows(policy, obs, noise, repeats, warmup, bf16=not args.no_bf16,
-                                                compiled=not args.no_compile)
-        if not args.skip_train:
+                                                compiled=not args.no_compile, malloc=not args.no_malloc)
+        else:
             entry["train"] = train_rows(policy, cfg, args.train_batch or TRAIN_BATCH[preset], repeats, warmup,
                                         compile_rows=not args.no_compile, bf16=not args.no_bf16)
             entry["loader"] = loader_rows(policy, cfg)
-        report["presets"][preset] = entry
         del policy
     print_report(report)
     os.makedirs(args.out, exist_ok=True)
@@ -316,12 +353,12 @@ def print_report(report: dict) -> None:
         print(f"\n### {preset} ({e['image_size']} px, {e['condition_tokens']} cond tokens, {e['ddim_steps']} steps, batch 1)")
         if "inference" in e:
             print(f"{'path':52s} {'chunk s':>8s} {'enc s':>7s} {'diff s':>7s} {'x total':>8s} {'x diff':>7s} "
-                  f"{'max|d|':>9s} {'RSS GB':>7s}")
+                  f"{'max|d|':>9s} {'RSS GB':>7s} {'x same-alloc':>12s}")
             for r in e["inference"]:
                 first = f"  (one-off compile {r['compile_s']:.0f} s)" if r.get("compile_s") else ""
                 print(f"{r['row']:52s} {r['latency_s']:8.2f} {r['encoder_s']:7.2f} {r['diffusion_s']:7.2f} "
                       f"{r['speedup']:8.2f} {r['diffusion_speedup']:7.2f} {r['max_abs_diff']:9.2e} "
-                      f"{r['peak_rss_gb']:7.2f}{first}")
+                      f"{r['peak_rss_gb']:7.2f} {r['speedup_same_allocator']:12.2f}{first}")
         if "train" in e:
             for r in e["train"]:
                 first = f", first step {r['first_step_s']:.0f} s" if "compiled" in r["row"] and r.get("first_step_s") else ""

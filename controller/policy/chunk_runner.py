@@ -35,12 +35,15 @@ class ChunkPolicy:
         compile: compile the encoder and the denoising steps with frozen weights
             (:meth:`DexGraspVLAController.compile_for_inference`); the first chunk pays a one-off
             compile (about a minute for the paper preset on a CPU), later chunks are faster.
+        keep_freed_memory: let glibc keep freed memory for reuse
+            (:func:`controller.common.malloc_tuning.keep_freed_memory`, process-wide): outputs
+            are unchanged and a steady-state chunk faults no new pages.
     """
 
     PRECISIONS = ("auto", "fp32", "bf16")
 
     def __init__(self, policy: torch.nn.Module, device: str | torch.device = "cpu", precision: str = "auto",
-                 compile: bool = False) -> None:
+                 compile: bool = False, keep_freed_memory: bool = True) -> None:
         if precision not in self.PRECISIONS:
             raise ValueError(f"precision must be one of {self.PRECISIONS}, got {precision!r}")
         self.device = torch.device(device)
@@ -50,15 +53,19 @@ class ChunkPolicy:
         self.autocast = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         if compile:
             self.policy.compile_for_inference()
+        if keep_freed_memory:
+            from controller.common.malloc_tuning import keep_freed_memory as tune_malloc
+            tune_malloc()
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str | torch.device = "cpu", use_ema: bool = True,
-                        precision: str = "auto", compile: bool = False) -> "ChunkPolicy":
+                        precision: str = "auto", compile: bool = False,
+                        keep_freed_memory: bool = True) -> "ChunkPolicy":
         """Load a checkpoint directory written by training or the converter."""
         from controller.policy.loading import load_policy
 
         policy, _ = load_policy(path, device=device, use_ema=use_ema)
-        return cls(policy, device, precision, compile)
+        return cls(policy, device, precision, compile, keep_freed_memory)
 
     @property
     def action_horizon(self) -> int:

@@ -26,7 +26,7 @@ class PolicyController:
     needs_target_index = False
 
     def __init__(self, checkpoint: str, device: str = "auto", seed: Optional[int] = None,
-                 precision: str = "auto", compile: bool = False) -> None:
+                 precision: str = "auto", compile: bool = False, keep_freed_memory: bool = True) -> None:
         import torch  # noqa: PLC0415
 
         from controller.policy.chunk_runner import ChunkPolicy  # noqa: PLC0415
@@ -39,7 +39,8 @@ class PolicyController:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        self.policy = ChunkPolicy.from_checkpoint(str(checkpoint), device, precision=precision, compile=compile)
+        self.policy = ChunkPolicy.from_checkpoint(str(checkpoint), device, precision=precision, compile=compile,
+                                                  keep_freed_memory=keep_freed_memory)
         self.horizon = self.policy.action_horizon
 
     def start_attempt(self, target_index: Optional[int] = None) -> None:
@@ -114,7 +115,8 @@ def build_controller(cfg: Mapping[str, Any], environment: Any = None) -> Any:
     kind = cfg.get("type", "policy")
     if kind == "policy":
         return PolicyController(cfg.get("checkpoint"), str(cfg.get("device", "auto")), cfg.get("seed"),
-                                str(cfg.get("precision", "auto")), bool(cfg.get("compile", False)))
+                                str(cfg.get("precision", "auto")), bool(cfg.get("compile", False)),
+                                bool(cfg.get("keep_freed_memory", True)))
     if kind == "expert":
         return ExpertController(environment, int(cfg.get("horizon", 64)))
     raise ValueError(f"controller.type: unknown controller {kind!r}; valid: policy, expert")

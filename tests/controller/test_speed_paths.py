@@ -1,4 +1,7 @@
 """Fast inference paths give the straightforward path's outputs (tiny preset)."""
+import json
+import platform
+
 import numpy as np
 import pytest
 import torch
@@ -89,7 +92,15 @@ def test_benchmark_quick_runs(tmp_path):
                    "--out", str(tmp_path)], cwd=REPO, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "straightforward" in res.stdout and "cached features" in res.stdout
-    assert any(p.name.startswith("controller_speed_") for p in tmp_path.iterdir())
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("controller_speed_")]
+    assert len(files) == 1
+    rows = {r["row"]: r for r in json.loads(files[0].read_text())["presets"]["tiny"]["inference"]}
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        # the allocator phase: same actions as the first phase's rows, ratios against both baselines
+        tuned = [r for r in rows.values() if r["keep_freed_memory"]]
+        assert len(tuned) == 2 and "glibc keeps freed memory" in res.stdout
+        for r in tuned:
+            assert r["max_abs_diff"] <= 1e-5 and r["speedup_same_allocator"] > 0
 
 
 def test_compiled_for_inference_equals_eager_and_refuses_stale_weights():
