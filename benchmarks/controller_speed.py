@@ -18,7 +18,12 @@ For each preset (random weights -- nothing is downloaded) it prints and writes t
   RSS after the row's first run (monotone: a later row can only show more). Last, the optimised
   path under ``compile_for_inference`` (``torch.compile`` of the encoder and the denoising steps
   with inductor's weight freezing; deployment: ``controller.compile=true``), its one-off compile
-  time reported separately (``--no-compile`` skips it).
+  time reported separately (``--no-compile`` skips it). Then a second phase under
+  ``keep_freed_memory`` (glibc keeps freed memory, as the deployment runtime does by default;
+  process-wide, so measured after everything else, training rows included; ``--no-malloc`` skips
+  it): the straightforward path, the best eager path and the compiled path again, with their
+  ratio both to the first straightforward row and to the straightforward path under the same
+  allocator (``speedup_same_allocator``).
 * **training step** (``--train-batch``): forward + backward + AdamW step from images with explicit
   attention (straightforward), from images with fused SDPA, from cached backbone tokens (fed as
   tensors, mask-only ``rgbm``), both fused ones again with the denoiser under ``torch.compile``
