@@ -130,6 +130,19 @@ def test_touching_objects_of_one_colour_are_two_objects():
         assert max((b.iou(truth) for b in boxes), default=0.0) >= 0.6, boxes
 
 
+def test_dumbbell_is_one_object():
+    """Two balls joined by a thick bar (the unseen split's dumbbells) are one object, not three."""
+    import cv2
+    import numpy as np
+    img = np.full((480, 640, 3), (150, 160, 170), np.uint8)
+    cv2.line(img, (300, 260), (380, 260), (200, 200, 40), 25)  # bar: half-width 12 px
+    cv2.circle(img, (300, 260), 26, (200, 200, 40), -1)
+    cv2.circle(img, (380, 260), 26, (200, 200, 40), -1)
+    objects = analyse_scene(img).objects
+    assert len(objects) == 1, [o.bbox for o in objects]
+    assert BBox(*objects[0].bbox).iou(BBox(274, 234, 407, 287)) >= 0.85, objects[0].bbox
+
+
 def test_single_objects_are_not_over_split():
     """Convex objects (balls, blocks, capsules) stay whole."""
     import cv2

@@ -6,7 +6,7 @@ names (``layers.{i}.self_attn.in_proj_weight``, ``.out_proj``, ``linear1``, ``li
 ``norm1``, ``norm2``), the same initialisation (one layer built, then deep-copied, as PyTorch
 does), the same function. Why it exists: in eval mode without autograd PyTorch's encoder takes
 its "fast path", whose CPU attention materialises the (heads, n, n) scores with batched matmuls;
-for the paper preset's 1369 tokens with head width 96 that is ~3x slower than
+for the paper preset's 1369 tokens with head width 96 that is ~2x slower than
 ``F.scaled_dot_product_attention`` (see ``benchmarks/controller_speed.py``). Here attention
 always goes through :func:`controller.model.diffusion.layers.attention`, fused unless the
 layer's ``fused_attn`` flag is off (the straightforward comparison path).
