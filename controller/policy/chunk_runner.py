@@ -18,6 +18,7 @@ from typing import Mapping, Optional, Tuple
 import numpy as np
 import torch
 
+from controller.common import malloc_tuning
 from controller.common.shape_meta import check_raw_obs, image_size_of
 from controller.dataset.image_ops import bgr_uint8_to_float_chw, rgbm_uint8_to_float_chw
 
@@ -54,8 +55,7 @@ class ChunkPolicy:
         if compile:
             self.policy.compile_for_inference()
         if keep_freed_memory:
-            from controller.common.malloc_tuning import keep_freed_memory as tune_malloc
-            tune_malloc()
+            malloc_tuning.keep_freed_memory()
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str | torch.device = "cpu", use_ema: bool = True,

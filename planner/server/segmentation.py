@@ -172,8 +172,8 @@ def _strip_table_line(comp: np.ndarray, lab: np.ndarray, line: Optional[_TableLi
     return parts
 
 
-def _split_touching(comp: np.ndarray, min_area: int, max_solidity: float = 0.93,
-                    join_bar: float = 0.8) -> list[np.ndarray]:
+def _split_touching(comp: np.ndarray, min_area: int, join_bar: float,
+                    max_solidity: float = 0.93) -> list[np.ndarray]:
     """Split a non-convex component into touching objects (distance-transform seeds).
 
     Single primitives project to nearly convex blobs; two objects touching form a neck, which
@@ -387,7 +387,7 @@ def analyse_scene(bgr: np.ndarray, params: Optional[SegmentationParams] = None) 
             continue
         for part in _strip_table_line(comp, lab, line, min_area):
             for piece in _split_component(lab, part, params):
-                comps.extend(_split_touching(piece, min_area, join_bar=params.join_bar))
+                comps.extend(_split_touching(piece, min_area, params.join_bar))
     objects: list[DetectedObject] = []
     for comp in comps:
         area = int(comp.sum())
