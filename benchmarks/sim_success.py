@@ -42,6 +42,7 @@ def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split
     from inference_utils.perception.masks import mask_iou
     from sim.targets import box_iou
     t0 = time.time()
+    policy.reset()
     obs, info = env.reset(seed=seed, split=split)
     cams = env.render_cameras()
     head = cams["head_bgr"]
@@ -59,14 +60,17 @@ def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split
         rgbm = obs["rgbm"] if true_mask else np.concatenate(
             [obs["rgbm"][..., :3], (mask.astype(np.uint8) * 255)[..., None]], axis=2)
         chunk = policy.predict_chunk({**obs, "rgbm": rgbm})
+        executed = 0
         for action in chunk[:n_execute]:
             obs, _, terminated, truncated, info = env.step(action)
             mask = tracker.track(obs["rgbm"][..., :3])
             mask_ious.append(mask_iou(mask, obs["rgbm"][..., 3] > 0))
             steps += 1
+            executed += 1
             if terminated or truncated:
                 done = True
                 break
+        policy.consumed(executed)
     return {"seed": seed, "success": bool(info["success"]), "steps": steps, "box_iou": float(max(ious)),
             "chosen": chosen, "designated_target": int(env.scene.target),
             "mask_iou_first": float(mask_ious[0]), "mask_iou_mean": float(np.mean(mask_ious)),
@@ -85,6 +89,11 @@ def main(argv=None) -> int:
                     choices=["controller", "hierarchy", "hierarchy_true_mask"],
                     help="hierarchy_true_mask: the planner's object with its ground-truth mask (diagnostic)")
     ap.add_argument("--time-limit", type=float, default=15.0)
+    ap.add_argument("--temporal-ensemble", default=None, metavar="DECAY|off",
+                    help="blend overlapping chunks, weights exp(-DECAY * age in steps) (default: "
+                         "controller.policy.defaults); 'off' disables")
+    ap.add_argument("--num-samples", type=int, default=None,
+                    help="chunks denoised per observation and averaged (default: controller.policy.defaults)")
     ap.add_argument("--out", default="benchmarks/results/sim_success")
     args = ap.parse_args(argv)
     if args.merge:
@@ -103,7 +112,17 @@ def main(argv=None) -> int:
     from sim import GraspEnv, SimConfig
     from sim.evaluate import run_evaluation, wilson_interval
 
-    policy = ChunkPolicy.from_checkpoint(args.checkpoint)
+    from controller.policy import defaults
+    from controller.policy.temporal_ensemble import parse_decay
+    try:
+        decay = parse_decay(args.temporal_ensemble if args.temporal_ensemble is not None
+                            else defaults.TEMPORAL_ENSEMBLE_DECAY)
+    except ValueError as exc:
+        ap.error(str(exc))
+    n_samples = defaults.NUM_SAMPLES if args.num_samples is None else args.num_samples
+    if n_samples < 1:
+        ap.error(f"--num-samples must be >= 1, got {n_samples}")
+    policy = ChunkPolicy.from_checkpoint(args.checkpoint, temporal_ensemble=decay, num_samples=n_samples)
     config = SimConfig(time_limit_s=args.time_limit)
     rows = {}
     for split in args.splits:
@@ -112,7 +131,9 @@ def main(argv=None) -> int:
             t = time.time()
             s = run_evaluation(policy, split, args.episodes, args.seed, 0, None, args.execute, config)
             row["controller"] = {"successes": s["successes"], "n": args.episodes, "rate": s["success_rate"],
-                                 "wilson95": s["wilson95"], "s_per_attempt": (time.time() - t) / args.episodes}
+                                 "wilson95": s["wilson95"], "s_per_attempt": (time.time() - t) / args.episodes,
+                                 "temporal_ensemble": decay, "num_samples": n_samples,
+                                 "records": [{"seed": r["seed"], "success": r["success"]} for r in s["records"]]}
         for column in [c for c in args.columns if c.startswith("hierarchy")]:
             recs = []
             with serve_in_thread(create_app()) as base_url, GraspEnv(config.with_(split=split)) as env:
@@ -128,7 +149,8 @@ def main(argv=None) -> int:
                     except Exception as exc:  # noqa: BLE001 - a planner/perception failure is a failed attempt
                         recs.append({"seed": args.seed + i, "success": False, "error": repr(exc), "seconds": 0.0})
             k = sum(r["success"] for r in recs)
-            row[column] = {"successes": k, "n": len(recs), "rate": k / len(recs),
+            row[column] = {"successes": k, "n": len(recs), "rate": k / len(recs), "temporal_ensemble": decay,
+                           "num_samples": n_samples,
                            "wilson95": list(wilson_interval(k, len(recs))),
                            "s_per_attempt": float(np.mean([r["seconds"] for r in recs])),
                            "mean_box_iou": float(np.mean([r.get("box_iou", 0.0) for r in recs])),

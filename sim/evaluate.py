@@ -10,7 +10,9 @@ The policy predicts a 64-step chunk of 13-D joint targets from the raw observati
 split and writes ``summary.json`` plus MP4s (wrist | head | mask) of the first K episodes.
 
 Policy protocol: ``predict_chunk(raw_obs) -> (64, 13)``; an optional ``reset()`` is called at the
-start of every episode.
+start of every episode and an optional ``consumed(n)`` after the ``n`` actions of a chunk that were
+executed. The deployment defaults (``controller.policy.defaults``) apply: ``--num-samples K``
+chunks averaged per observation, ``--temporal-ensemble DECAY|off`` blending of overlapping chunks.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from controller.policy import defaults
+from controller.policy.temporal_ensemble import parse_decay
 from sim.config import SPLITS, SimConfig, SimConfigError, check_split
 
 
@@ -94,13 +98,17 @@ def run_evaluation(policy, split: str = "train", episodes: int = 10, seed: int =
                 if chunk.ndim != 2 or chunk.shape[1] != 13:
                     raise ValueError(f"policy.predict_chunk returned shape {chunk.shape}, expected (T, 13)")
                 chunks += 1
+                executed = 0
                 for action in chunk[:n_execute]:
                     obs, _, terminated, truncated, info = env.step(action)
+                    executed += 1
                     if frames is not None:
                         frames.append(compose_frame(obs))
                     if terminated or truncated:
                         done = True
                         break
+                if hasattr(policy, "consumed"):
+                    policy.consumed(executed)
             rec = {"episode": i, "seed": seed + i, "success": bool(info["success"]), "steps": env.steps,
                    "chunks": chunks, "target_lift_m": float(info["target_lift_m"]),
                    "target": env.scene.objects[env.target].describe()}
@@ -119,10 +127,12 @@ def run_evaluation(policy, split: str = "train", episodes: int = 10, seed: int =
     return summary
 
 
-def load_policy(checkpoint: str, device: str = "cpu"):
+def load_policy(checkpoint: str, device: str = "cpu", temporal_ensemble: float | None = None,
+                num_samples: int = 1):
     """Load the controller's chunk policy lazily (only the evaluator CLI needs torch)."""
     from controller.policy.chunk_runner import ChunkPolicy
-    return ChunkPolicy.from_checkpoint(checkpoint, device=device)
+    return ChunkPolicy.from_checkpoint(checkpoint, device=device, temporal_ensemble=temporal_ensemble,
+                                       num_samples=num_samples)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="outputs/sim_eval", help="directory for videos and summaries")
     p.add_argument("--time-limit", type=float, default=None, help="episode time limit in seconds (default: SimConfig)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--temporal-ensemble", default=str(defaults.TEMPORAL_ENSEMBLE_DECAY), metavar="DECAY|off",
+                   help="blend overlapping chunks with weights exp(-DECAY * age in steps); 'off' disables")
+    p.add_argument("--num-samples", type=int, default=defaults.NUM_SAMPLES,
+                   help="chunks denoised per observation and averaged (1: a single sample)")
     args = p.parse_args(argv)
     splits = list(SPLITS) if args.split == ["all"] else args.split
     try:
@@ -146,10 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         config = SimConfig(n_objects=tuple(args.objects))
         if args.time_limit is not None:
             config = config.with_(time_limit_s=float(args.time_limit))
-    except SimConfigError as exc:
+        decay = parse_decay(args.temporal_ensemble)
+        if args.num_samples < 1:
+            raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    except (SimConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    policy = load_policy(args.checkpoint, args.device)
+    policy = load_policy(args.checkpoint, args.device, decay, args.num_samples)
     results = {}
     for s in splits:
         r = run_evaluation(policy, s, args.episodes, args.seed, args.video, args.out, args.execute, config)

@@ -21,6 +21,7 @@ import torch
 from controller.common import malloc_tuning
 from controller.common.shape_meta import check_raw_obs, image_size_of
 from controller.dataset.image_ops import bgr_uint8_to_float_chw, rgbm_uint8_to_float_chw
+from controller.policy.temporal_ensemble import TemporalEnsemble
 
 
 class ChunkPolicy:
@@ -39,12 +40,19 @@ class ChunkPolicy:
         keep_freed_memory: let glibc keep freed memory for reuse
             (:func:`controller.common.malloc_tuning.keep_freed_memory`, process-wide): outputs
             are unchanged and a steady-state chunk faults no new pages.
+        num_samples: chunks denoised per observation from independent noise (one encoding, a
+            batch of ``num_samples`` in the diffusion transformer); the returned chunk is their
+            mean, which averages out the sampling noise of a single draw.
+        temporal_ensemble: ``None`` (off) or a decay per step (>= 0): each returned chunk is blended
+            with the still-overlapping earlier ones (:class:`TemporalEnsemble`). The caller then
+            reports executed actions with :meth:`consumed` and starts each attempt with :meth:`reset`.
     """
 
     PRECISIONS = ("auto", "fp32", "bf16")
 
     def __init__(self, policy: torch.nn.Module, device: str | torch.device = "cpu", precision: str = "auto",
-                 compile: bool = False, keep_freed_memory: bool = True) -> None:
+                 compile: bool = False, keep_freed_memory: bool = True,
+                 temporal_ensemble: Optional[float] = None, num_samples: int = 1) -> None:
         if precision not in self.PRECISIONS:
             raise ValueError(f"precision must be one of {self.PRECISIONS}, got {precision!r}")
         self.device = torch.device(device)
@@ -56,20 +64,36 @@ class ChunkPolicy:
             self.policy.compile_for_inference()
         if keep_freed_memory:
             malloc_tuning.keep_freed_memory()
+        if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        self.num_samples = int(num_samples)
+        self.ensemble = (TemporalEnsemble(float(temporal_ensemble), self.action_horizon)
+                         if temporal_ensemble is not None else None)
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str | torch.device = "cpu", use_ema: bool = True,
                         precision: str = "auto", compile: bool = False,
-                        keep_freed_memory: bool = True) -> "ChunkPolicy":
+                        keep_freed_memory: bool = True,
+                        temporal_ensemble: Optional[float] = None, num_samples: int = 1) -> "ChunkPolicy":
         """Load a checkpoint directory written by training or the converter."""
         from controller.policy.loading import load_policy
 
         policy, _ = load_policy(path, device=device, use_ema=use_ema)
-        return cls(policy, device, precision, compile, keep_freed_memory)
+        return cls(policy, device, precision, compile, keep_freed_memory, temporal_ensemble, num_samples)
 
     @property
     def action_horizon(self) -> int:
         return int(self.policy.action_horizon)
+
+    def reset(self) -> None:
+        """Start a new attempt / episode: forget the chunks kept for temporal ensembling."""
+        if self.ensemble is not None:
+            self.ensemble.reset()
+
+    def consumed(self, n: int) -> None:
+        """``n`` actions of the last returned chunk were executed (temporal ensembling's clock)."""
+        if self.ensemble is not None:
+            self.ensemble.advance(n)
 
     def preprocess(self, raw_obs: Mapping[str, np.ndarray]) -> dict:
         """Raw observation -> batched model inputs (1, 1, C, h, w) / (1, 1, 13) on the device."""
@@ -83,14 +107,23 @@ class ChunkPolicy:
     @torch.inference_mode()
     def predict_chunk(self, raw_obs: Mapping[str, np.ndarray], noise: Optional[torch.Tensor] = None,
                       return_attention: bool = False):
-        """Predict one action chunk, float32 (horizon, 13); with ``return_attention`` also the
-        attention record and the preprocessed model inputs (for attention-map files)."""
+        """Predict one action chunk, float32 (horizon, 13) (``noise``: optional (horizon, 13), or
+        (num_samples, horizon, 13)); with ``return_attention`` also the
+        attention record and the preprocessed model inputs (for attention-map files). With temporal
+        ensembling on, the chunk is blended with the overlapping earlier ones."""
         obs = self.preprocess(raw_obs)
-        if noise is not None and noise.dim() == 2:
+        k = self.num_samples
+        if noise is not None and noise.dim() == (3 if k > 1 else 2):  # add the batch dimension
             noise = noise[None]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.policy.predict_action(obs, noise=noise, return_attention=return_attention)
-        if return_attention:
-            actions, record = out
-            return actions[0].float().cpu().numpy(), record, obs
-        return out[0].float().cpu().numpy()
+            if k > 1:
+                out = self.policy.sample_actions(obs, k, noise=noise, return_attention=return_attention)
+            else:
+                out = self.policy.predict_action(obs, noise=noise, return_attention=return_attention)
+        actions, record = out if return_attention else (out, None)
+        if k > 1:
+            actions = actions.float().mean(dim=1)                  # (1, k, horizon, 13) -> (1, horizon, 13)
+        chunk = actions[0].float().cpu().numpy()                                             # (horizon, 13)
+        if self.ensemble is not None:
+            chunk = self.ensemble.add(chunk)
+        return (chunk, record, obs) if return_attention else chunk

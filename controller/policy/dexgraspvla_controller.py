@@ -136,6 +136,28 @@ class DexGraspVLAController(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
+    def sample_actions(self, obs: Mapping[str, torch.Tensor], num_samples: int,
+                       noise: Optional[torch.Tensor] = None, return_attention: bool = False):
+        """Denoise ``num_samples`` action chunks per observation from independent noise draws,
+        encoding each observation once.
+
+        Returns actions (B, num_samples, horizon, action_dim), unnormalised; with
+        ``return_attention`` also the record of :meth:`predict_action` (its samples are the first
+        of the B * num_samples chunks). ``noise``: optional (B, num_samples, horizon, action_dim).
+        """
+        if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        k = int(num_samples)
+        if noise is not None:
+            if noise.dim() != 4 or noise.shape[1] != k:
+                raise ValueError(f"noise must have shape (B, {k}, horizon, action_dim), got {tuple(noise.shape)}")
+            noise = noise.flatten(0, 1)                                    # (B*k, horizon, action_dim)
+        out = self._denoise(obs, noise, return_attention, k)
+        actions, record = out if return_attention else (out, None)        # (B*k, horizon, action_dim)
+        actions = actions.unflatten(0, (-1, k))                           # (B, k, horizon, action_dim)
+        return (actions, record) if return_attention else actions
+
+    @torch.no_grad()
     def predict_action(self, obs: Mapping[str, torch.Tensor], noise: Optional[torch.Tensor] = None,
                        return_attention: bool = False):
         """Denoise an action chunk.
@@ -151,6 +173,11 @@ class DexGraspVLAController(nn.Module):
             (steps, blocks, min(B, attn_map_samples), heads, N+1), ``timesteps`` (steps,),
             ``token_part_names``, ``token_part_sizes``, ``head_grid``, ``wrist_grid``.
         """
+        return self._denoise(obs, noise, return_attention, 1)
+
+    def _denoise(self, obs: Mapping[str, torch.Tensor], noise: Optional[torch.Tensor], return_attention: bool,
+                 samples: int):
+        """predict_action with ``samples`` noise draws per observation (batch B * samples)."""
         if "head_tokens" in obs or "wrist_tokens" in obs:  # cached backbone tokens (feature cache)
             B = self.obs_encoder.check_cached_obs(obs)
         else:
@@ -161,6 +188,9 @@ class DexGraspVLAController(nn.Module):
             compiled.check()
         encode = compiled.encoder if compiled is not None else self.obs_encoder
         cond = encode(obs, training=False)  # (B, N, D)
+        if samples > 1:  # sample_actions: each observation's tokens repeated per noise draw
+            cond = cond.repeat_interleave(samples, dim=0)  # (B*k, N, D)
+            B = B * samples
         shape = (B, self.action_horizon, self.action_dim)
         if noise is None:
             traj = torch.randn(shape, device=device, dtype=torch.float32)

@@ -90,6 +90,8 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.controller.type not in ("policy", "expert"):
         raise ConfigError(f"controller.type: expected 'policy' or 'expert', got {cfg.controller.type!r}")
     if cfg.controller.type == "policy":
+        _number(cfg, "controller.temporal_ensemble", 0, 1e3, optional=True)
+        _number(cfg, "controller.num_samples", 1, 256, integer=True, optional=True)
         if str(cfg.controller.get("precision", "auto")) not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"controller.precision: expected auto, fp32 or bf16, got {cfg.controller.precision!r}")
         ckpt = cfg.controller.checkpoint

@@ -26,7 +26,8 @@ class PolicyController:
     needs_target_index = False
 
     def __init__(self, checkpoint: str, device: str = "auto", seed: Optional[int] = None,
-                 precision: str = "auto", compile: bool = False, keep_freed_memory: bool = True) -> None:
+                 precision: str = "auto", compile: bool = False, keep_freed_memory: bool = True,
+                 temporal_ensemble: Optional[float] = None, num_samples: int = 1) -> None:
         import torch  # noqa: PLC0415
 
         from controller.policy.chunk_runner import ChunkPolicy  # noqa: PLC0415
@@ -40,25 +41,30 @@ class PolicyController:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         self.policy = ChunkPolicy.from_checkpoint(str(checkpoint), device, precision=precision, compile=compile,
-                                                  keep_freed_memory=keep_freed_memory)
+                                                  keep_freed_memory=keep_freed_memory,
+                                                  temporal_ensemble=temporal_ensemble, num_samples=num_samples)
         self.horizon = self.policy.action_horizon
 
     def start_attempt(self, target_index: Optional[int] = None) -> None:
-        """Nothing to reset: the policy is stateless between chunks."""
+        """A new attempt: forget the chunks kept for temporal ensembling."""
+        self.policy.reset()
 
     def _noise(self) -> Any:
         if self._generator is None:
             return None
         import torch  # noqa: PLC0415
 
-        return torch.randn(self.horizon, 13, generator=self._generator)  # (horizon, 13)
+        k = self.policy.num_samples
+        shape = (k, self.horizon, 13) if k > 1 else (self.horizon, 13)
+        return torch.randn(shape, generator=self._generator)  # ([k,] horizon, 13)
 
     def predict_chunk(self, raw_obs: Mapping[str, np.ndarray], return_attention: bool = False) -> Any:
         """float32 (horizon, 13); with ``return_attention`` also ``(record, model_obs)``."""
         return self.policy.predict_chunk(raw_obs, noise=self._noise(), return_attention=return_attention)
 
     def consumed(self, n: int) -> None:
-        """Nothing to track."""
+        """``n`` actions of the last chunk were executed (the temporal ensemble's clock)."""
+        self.policy.consumed(n)
 
 
 class ExpertController:
@@ -116,7 +122,8 @@ def build_controller(cfg: Mapping[str, Any], environment: Any = None) -> Any:
     if kind == "policy":
         return PolicyController(cfg.get("checkpoint"), str(cfg.get("device", "auto")), cfg.get("seed"),
                                 str(cfg.get("precision", "auto")), bool(cfg.get("compile", False)),
-                                bool(cfg.get("keep_freed_memory", True)))
+                                bool(cfg.get("keep_freed_memory", True)), cfg.get("temporal_ensemble"),
+                                int(cfg.get("num_samples", 1)))
     if kind == "expert":
         return ExpertController(environment, int(cfg.get("horizon", 64)))
     raise ValueError(f"controller.type: unknown controller {kind!r}; valid: policy, expert")

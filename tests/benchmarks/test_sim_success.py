@@ -30,6 +30,11 @@ def test_one_episode_per_column_writes_table(tmp_path):
         assert row[column]["n"] == 1 and 0.0 <= row[column]["rate"] <= 1.0
         lo, hi = row[column]["wilson95"]
         assert 0.0 <= lo <= row[column]["rate"] <= hi <= 1.0
+    from controller.policy import defaults
+    for column in ("controller", "hierarchy"):  # the deployment defaults are what is measured
+        assert row[column]["num_samples"] == defaults.NUM_SAMPLES
+        assert row[column]["temporal_ensemble"] == defaults.TEMPORAL_ENSEMBLE_DECAY
+    assert [r["seed"] for r in row["controller"]["records"]] == [100000]
     rec = row["hierarchy"]["records"][0]
     assert "error" not in rec, rec
     assert rec["steps"] > 0 and 0.0 <= rec["mask_iou_first"] <= 1.0 and 0.0 <= rec["box_iou"] <= 1.0

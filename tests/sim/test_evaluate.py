@@ -31,3 +31,31 @@ def test_evaluation_with_replay_policy(tmp_path, expert_recorder, replay_policy_
     assert video.exists() and video.stat().st_size > 1000
     saved = json.loads((tmp_path / "summary_train.json").read_text())
     assert saved["wilson95"][0] > 0
+
+
+def test_evaluator_reports_executed_actions_and_resets(config_factory):
+    """The evaluator calls reset() per episode and consumed(n) with the actions it executed, the
+    protocol the temporal ensemble relies on (a constant 'hold still' policy, no network)."""
+    import numpy as np
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def reset(self):
+            self.calls.append("reset")
+
+        def predict_chunk(self, obs):
+            return np.tile(np.asarray(obs["right_state"], np.float64), (64, 1))
+
+        def consumed(self, n):
+            self.calls.append(n)
+
+    policy = Recorder()
+    summary = run_evaluation(policy, "train", episodes=2, seed=2100, config=config_factory(time_limit_s=1.0),
+                             progress=False)
+    steps = [r["steps"] for r in summary["records"]]
+    first = policy.calls.index("reset", 1)
+    assert policy.calls[0] == "reset" and sum(policy.calls[1:first]) == steps[0]
+    assert sum(policy.calls[first + 1:]) == steps[1]
+    assert all(0 < n <= 6 for n in policy.calls if n != "reset")

@@ -118,3 +118,69 @@ def test_chunk_policy_on_raw_observation(make_policy):
     raw["rgbm"] = raw["rgbm"][..., :3]
     with pytest.raises(ShapeMetaError, match="rgbm"):
         runner.predict_chunk(raw)
+
+
+def test_sample_actions_equals_one_prediction_per_noise_draw(make_policy):
+    """K samples per observation from one encoding equal K separate predictions with the same noise."""
+    policy, cfg = make_policy()
+    policy.eval()
+    obs = random_obs(2, cfg.image_size, 4)
+    noise = torch.randn(2, 3, 64, 13, generator=torch.Generator().manual_seed(4))
+    many = policy.sample_actions(obs, 3, noise=noise)
+    assert many.shape == (2, 3, 64, 13)
+    for k in range(3):
+        one = policy.predict_action(obs, noise=noise[:, k])
+        assert (many[:, k] - one).abs().max().item() <= 1e-5
+    acts, record = policy.sample_actions(obs, 3, noise=noise, return_attention=True)
+    assert torch.allclose(acts, many, atol=1e-6) and record["attn"].shape[0] == policy.num_inference_steps
+    with pytest.raises(ValueError, match="num_samples"):
+        policy.sample_actions(obs, 0)
+    with pytest.raises(ValueError, match=r"noise must have shape \(B, 3"):
+        policy.sample_actions(obs, 3, noise=noise[:, :2])
+
+
+def _raw_obs(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"right_cam_img": rng.integers(0, 255, (480, 640, 3), dtype=np.uint8),
+            "rgbm": rng.integers(0, 255, (480, 640, 4), dtype=np.uint8),
+            "right_state": np.zeros(13, dtype=np.float32)}
+
+
+def test_chunk_policy_mean_of_samples(make_policy):
+    from controller.policy.chunk_runner import ChunkPolicy
+
+    policy, _ = make_policy()
+    runner = ChunkPolicy(policy, num_samples=3, keep_freed_memory=False)
+    single = ChunkPolicy(policy, keep_freed_memory=False)
+    raw = _raw_obs(1)
+    noise = torch.randn(3, 64, 13, generator=torch.Generator().manual_seed(1))
+    mean = runner.predict_chunk(raw, noise=noise)
+    expected = np.mean([single.predict_chunk(raw, noise=noise[k]) for k in range(3)], axis=0)
+    assert mean.shape == (64, 13) and mean.dtype == np.float32
+    np.testing.assert_allclose(mean, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="num_samples"):
+        ChunkPolicy(policy, num_samples=0)
+
+
+def test_chunk_policy_temporal_ensemble_follows_consumed_and_reset(make_policy):
+    """With ensembling, the second chunk's first rows blend in the first chunk's rows 6..; reset()
+    starts afresh (the loop calls it per attempt, consumed(n) after executing n actions)."""
+    from controller.policy.chunk_runner import ChunkPolicy
+    from controller.policy.temporal_ensemble import TemporalEnsemble
+
+    policy, _ = make_policy()
+    plain = ChunkPolicy(policy, keep_freed_memory=False)
+    runner = ChunkPolicy(policy, keep_freed_memory=False, temporal_ensemble=0.2)
+    n1, n2 = (torch.randn(64, 13, generator=torch.Generator().manual_seed(s)) for s in (5, 6))
+    raw1, raw2 = _raw_obs(2), _raw_obs(3)
+    c1, c2 = plain.predict_chunk(raw1, noise=n1), plain.predict_chunk(raw2, noise=n2)
+    np.testing.assert_allclose(runner.predict_chunk(raw1, noise=n1), c1, atol=1e-6)
+    runner.consumed(6)
+    blended = runner.predict_chunk(raw2, noise=n2)
+    ref = TemporalEnsemble(0.2)
+    ref.add(c1)
+    ref.advance(6)
+    np.testing.assert_allclose(blended, ref.add(c2), atol=1e-5)
+    assert not np.allclose(blended[:6], c2[:6])
+    runner.reset()
+    np.testing.assert_allclose(runner.predict_chunk(raw2, noise=n2), c2, atol=1e-6)

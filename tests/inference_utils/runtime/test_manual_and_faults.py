@@ -58,6 +58,8 @@ def test_hand_emulator_stopped_mid_episode_is_a_clean_fault(run_inference):
     (["loop.lift_height_m=-1"], "loop.lift_height_m"),
     (["controller.type=policy"], "controller.checkpoint"),
     (["controller.type=policy", "controller.checkpoint=/nonexistent"], "controller.checkpoint"),
+    (["controller.type=policy", "controller.temporal_ensemble=-1"], "controller.temporal_ensemble"),
+    (["controller.type=policy", "controller.num_samples=0"], "controller.num_samples"),
     (["controller.type=expert", "robot=real"], "controller.type=expert"),
     (["planner.base_url=ftp://x"], "planner.base_url"),
     (["robot.hand.type=bogus"], "hand.type"),
