@@ -31,6 +31,11 @@ For each preset (random weights -- nothing is downloaded) it prints and writes t
   reported, not timed) and cached tokens under bf16 autocast (``--no-bf16`` skips the bf16 rows).
   The backbones are built frozen for this (the small preset trains them by default, which rules
   out a cache).
+* **sampling** (``--samples K``, default the deployment's ``controller.num_samples``): the cost of
+  averaging K chunks per observation, after the inference rows (so under the allocator tuning,
+  as deployed): one sample, K samples one after another (K encodings) and K samples from one
+  encoding in one batch (``sample_actions``, what ``ChunkPolicy`` does), with the batched path's
+  ratio to the sequential one and the max |difference| of their means (same noise).
 * **loader**: ms per sample of ``GraspDataset`` from 480x640 frames vs from a feature cache
   (paper-shaped tokens), single process, against the step time per sample.
 
@@ -304,6 +309,41 @@ def loader_rows(policy, cfg, n: int = 16):
     return out
 
 
+# ---------------------------------------------------------------------------- sampling
+def sampling_rows(policy, obs, k: int, repeats: int, warmup: bool) -> list:
+    """Median chunk latency of 1 sample, K sequential samples and K batched samples (one encoding),
+    best eager settings; max |difference| of the K-sample means against the sequential path."""
+    policy.set_fused_attention(True)
+    policy.cache_condition_kv = True
+    noise = torch.randn(1, k, policy.action_horizon, policy.action_dim, generator=torch.Generator().manual_seed(1))
+    timer = EncoderTimer(policy.obs_encoder)
+
+    def timed(fn):
+        def run():
+            t = time.perf_counter()
+            with torch.inference_mode():
+                actions = fn()
+            return time.perf_counter() - t, timer.last, actions.float().clone()
+        return run
+
+    names = ["1 sample", f"{k} samples, one after another (mean)", f"{k} samples, one encoding, batched (mean)"]
+    runners = {
+        names[0]: timed(lambda: policy.predict_action(obs, noise=noise[:, 0])),
+        names[1]: timed(lambda: torch.stack([policy.predict_action(obs, noise=noise[:, i]) for i in range(k)],
+                                            1).mean(1)),
+        names[2]: timed(lambda: policy.sample_actions(obs, k, noise=noise).mean(1)),
+    }
+    res: dict = {}
+    _round_robin(runners, res, repeats, warmup)
+    seq = res[names[1]]
+    seq_s = statistics.median(seq["total"])
+    return [{"row": name, "samples": 1 if i == 0 else k, "latency_s": statistics.median(res[name]["total"]),
+             "runs_s": res[name]["total"], "speedup_vs_sequential": seq_s / statistics.median(res[name]["total"]),
+             "max_abs_diff_vs_sequential": (float((res[name]["actions"] - seq["actions"]).abs().max())
+                                            if i else None)}
+            for i, name in enumerate(names)]
+
+
 # ---------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -316,6 +356,8 @@ def main() -> None:
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16-autocast rows")
     ap.add_argument("--no-malloc", action="store_true",
                     help="skip the second inference phase under keep_freed_memory (glibc allocator tuning)")
+    ap.add_argument("--samples", type=int, default=None,
+                    help="K of the sampling rows (default: the deployment's num_samples; 0 or 1 skips them)")
     ap.add_argument("--quick", action="store_true", help="1 repeat, no warm-up (smoke run)")
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     args = ap.parse_args()
@@ -342,6 +384,10 @@ def main() -> None:
             noise = torch.randn(1, policy.action_horizon, policy.action_dim, generator=torch.Generator().manual_seed(0))
             entry["inference"] = inference_rows(policy, obs, noise, repeats, warmup, bf16=not args.no_bf16,
                                                 compiled=not args.no_compile, malloc=not args.no_malloc)
+            from controller.policy import defaults
+            k = defaults.NUM_SAMPLES if args.samples is None else args.samples
+            if k > 1:
+                entry["sampling"] = sampling_rows(policy, obs, k, repeats, warmup)
         else:
             entry["train"] = train_rows(policy, cfg, args.train_batch or TRAIN_BATCH[preset], repeats, warmup,
                                         compile_rows=not args.no_compile, bf16=not args.no_bf16)
@@ -366,6 +412,10 @@ def print_report(report: dict) -> None:
                 print(f"{r['row']:52s} {r['latency_s']:8.2f} {r['encoder_s']:7.2f} {r['diffusion_s']:7.2f} "
                       f"{r['speedup']:8.2f} {r['diffusion_speedup']:7.2f} {r['max_abs_diff']:9.2e} "
                       f"{r['peak_rss_gb']:7.2f} {r['speedup_same_allocator']:12.2f}{first}")
+        for r in e.get("sampling", []):
+            diff = r["max_abs_diff_vs_sequential"]
+            print(f"sampling, {r['row']:45s} {r['latency_s']:8.3f} s  x{r['speedup_vs_sequential']:.2f} vs sequential"
+                  + (f"  max|d| {diff:.1e}" if diff is not None else ""))
         if "train" in e:
             for r in e["train"]:
                 first = f", first step {r['first_step_s']:.0f} s" if "compiled" in r["row"] and r.get("first_step_s") else ""

@@ -55,20 +55,20 @@ class ChunkPolicy:
                  temporal_ensemble: Optional[float] = None, num_samples: int = 1) -> None:
         if precision not in self.PRECISIONS:
             raise ValueError(f"precision must be one of {self.PRECISIONS}, got {precision!r}")
+        if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
         self.device = torch.device(device)
         self.policy = policy.to(self.device).eval()
         self.shape_meta = policy.shape_meta
         self.image_size = image_size_of(self.shape_meta)
         self.autocast = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.num_samples = int(num_samples)
+        self.ensemble = (TemporalEnsemble(float(temporal_ensemble), self.action_horizon)
+                         if temporal_ensemble is not None else None)
         if compile:
             self.policy.compile_for_inference()
         if keep_freed_memory:
             malloc_tuning.keep_freed_memory()
-        if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
-            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-        self.num_samples = int(num_samples)
-        self.ensemble = (TemporalEnsemble(float(temporal_ensemble), self.action_horizon)
-                         if temporal_ensemble is not None else None)
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str | torch.device = "cpu", use_ema: bool = True,

@@ -101,6 +101,12 @@ def test_benchmark_quick_runs(tmp_path):
         assert len(tuned) == 2 and "glibc keeps freed memory" in res.stdout
         for r in tuned:
             assert r["max_abs_diff"] <= 1e-5 and r["speedup_same_allocator"] > 0
+    # the sampling rows: K batched samples from one encoding equal K sequential ones
+    from controller.policy import defaults
+    sampling = json.loads(files[0].read_text())["presets"]["tiny"]["sampling"]
+    assert [r["samples"] for r in sampling] == [1, defaults.NUM_SAMPLES, defaults.NUM_SAMPLES]
+    assert sampling[2]["max_abs_diff_vs_sequential"] <= 1e-5 and sampling[2]["speedup_vs_sequential"] > 0
+    assert "sampling, " in res.stdout
 
 
 def test_compiled_for_inference_equals_eager_and_refuses_stale_weights():
