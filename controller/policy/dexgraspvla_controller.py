@@ -142,8 +142,8 @@ class DexGraspVLAController(nn.Module):
         encoding each observation once.
 
         Returns actions (B, num_samples, horizon, action_dim), unnormalised; with
-        ``return_attention`` also the record of :meth:`predict_action` (its samples are the first
-        of the B * num_samples chunks). ``noise``: optional (B, num_samples, horizon, action_dim).
+        ``return_attention`` also the record of :meth:`predict_action`, holding the attention of
+        each observation's first sample. ``noise``: optional (B, num_samples, horizon, action_dim).
         """
         if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
@@ -205,7 +205,9 @@ class DexGraspVLAController(nn.Module):
             project = compiled.project_condition if compiled is not None else None
             cache = self.model.prepare_condition(cond, sched.timesteps, project=project)
         maps, steps = [], []
-        n_keep = min(B, self.attn_map_samples)
+        # attention of the first samples of the batch; with several samples per observation, of
+        # each observation's first sample (rows 0, k, 2k, ... of the repeated batch)
+        keep = torch.arange(0, B, samples)[:self.attn_map_samples]
         for t in sched.timesteps:
             model_in = traj.to(cond.dtype)
             if cache is not None:
@@ -216,7 +218,7 @@ class DexGraspVLAController(nn.Module):
                 out, attn = self.model(model_in, t, cond, capture_attention=return_attention)
             traj = sched.step(out.float(), t, traj, **self.scheduler_step_kwargs).prev_sample
             if return_attention:
-                maps.append(torch.stack([a[:n_keep] for a in attn]).cpu())  # (blocks, b, h, N+1)
+                maps.append(torch.stack([a[keep] for a in attn]).cpu())  # (blocks, b, h, N+1)
                 steps.append(int(t))
         actions = self.normalizer["action"].unnormalize(traj)
         if not return_attention:

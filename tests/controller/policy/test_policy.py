@@ -133,6 +133,10 @@ def test_sample_actions_equals_one_prediction_per_noise_draw(make_policy):
         assert (many[:, k] - one).abs().max().item() <= 1e-5
     acts, record = policy.sample_actions(obs, 3, noise=noise, return_attention=True)
     assert torch.allclose(acts, many, atol=1e-6) and record["attn"].shape[0] == policy.num_inference_steps
+    # the attention record is that of each observation's first sample
+    _, first = policy.predict_action(obs, noise=noise[:, 0], return_attention=True)
+    assert record["attn"].shape == first["attn"].shape
+    assert np.abs(record["attn"].astype(np.float32) - first["attn"].astype(np.float32)).max() <= 1e-3
     with pytest.raises(ValueError, match="num_samples"):
         policy.sample_actions(obs, 0)
     with pytest.raises(ValueError, match=r"noise must have shape \(B, 3"):
