@@ -29,6 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+from controller.policy import defaults  # noqa: E402 - torch-free; after the repository is on sys.path
+
 SPLITS = ["train", "unseen_objects", "unseen_backgrounds", "unseen_lighting"]
 
 
@@ -89,10 +91,10 @@ def main(argv=None) -> int:
                     choices=["controller", "hierarchy", "hierarchy_true_mask"],
                     help="hierarchy_true_mask: the planner's object with its ground-truth mask (diagnostic)")
     ap.add_argument("--time-limit", type=float, default=15.0)
-    ap.add_argument("--temporal-ensemble", default=None, metavar="DECAY|off",
-                    help="blend overlapping chunks, weights exp(-DECAY * age in steps) (default: "
-                         "controller.policy.defaults); 'off' disables")
-    ap.add_argument("--num-samples", type=int, default=None,
+    ap.add_argument("--temporal-ensemble", default=str(defaults.TEMPORAL_ENSEMBLE_DECAY), metavar="DECAY|off",
+                    help="blend overlapping chunks, weights exp(-DECAY * age in steps); 'off' disables "
+                         "(default: controller.policy.defaults)")
+    ap.add_argument("--num-samples", type=int, default=defaults.NUM_SAMPLES,
                     help="chunks denoised per observation and averaged (default: controller.policy.defaults)")
     ap.add_argument("--out", default="benchmarks/results/sim_success")
     args = ap.parse_args(argv)
@@ -112,14 +114,12 @@ def main(argv=None) -> int:
     from sim import GraspEnv, SimConfig
     from sim.evaluate import run_evaluation, wilson_interval
 
-    from controller.policy import defaults
     from controller.policy.temporal_ensemble import parse_decay
     try:
-        decay = parse_decay(args.temporal_ensemble if args.temporal_ensemble is not None
-                            else defaults.TEMPORAL_ENSEMBLE_DECAY)
+        decay = parse_decay(args.temporal_ensemble)
     except ValueError as exc:
         ap.error(str(exc))
-    n_samples = defaults.NUM_SAMPLES if args.num_samples is None else args.num_samples
+    n_samples = args.num_samples
     if n_samples < 1:
         ap.error(f"--num-samples must be >= 1, got {n_samples}")
     policy = ChunkPolicy.from_checkpoint(args.checkpoint, temporal_ensemble=decay, num_samples=n_samples)

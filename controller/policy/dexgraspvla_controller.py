@@ -188,9 +188,7 @@ class DexGraspVLAController(nn.Module):
             compiled.check()
         encode = compiled.encoder if compiled is not None else self.obs_encoder
         cond = encode(obs, training=False)  # (B, N, D)
-        if samples > 1:  # sample_actions: each observation's tokens repeated per noise draw
-            cond = cond.repeat_interleave(samples, dim=0)  # (B*k, N, D)
-            B = B * samples
+        B = B * samples  # sample_actions: each observation denoised from `samples` noise draws
         shape = (B, self.action_horizon, self.action_dim)
         if noise is None:
             traj = torch.randn(shape, device=device, dtype=torch.float32)
@@ -203,7 +201,11 @@ class DexGraspVLAController(nn.Module):
         cache = None
         if self.cache_condition_kv:
             project = compiled.project_condition if compiled is not None else None
-            cache = self.model.prepare_condition(cond, sched.timesteps, project=project)
+            cache = self.model.prepare_condition(cond, sched.timesteps, project=project)  # per observation
+            if samples > 1:
+                cache = cache.repeat_interleave(samples)                                # (B*k, h, N+1, d)
+        elif samples > 1:
+            cond = cond.repeat_interleave(samples, dim=0)                              # (B*k, N, D)
         maps, steps = [], []
         # attention of the first samples of the batch; with several samples per observation, of
         # each observation's first sample (rows 0, k, 2k, ... of the repeated batch)

@@ -69,6 +69,14 @@ class ConditionCache:
     time_keys: Optional[List[torch.Tensor]] = None
     time_values: Optional[List[torch.Tensor]] = None
 
+    def repeat_interleave(self, k: int) -> "ConditionCache":
+        """The cache for a batch with each sample repeated ``k`` times (B -> B*k, as
+        ``Tensor.repeat_interleave``): the observation tokens are projected once, not k times. The
+        buffers are copies, since the time-token row is written into them at every step."""
+        return ConditionCache([t.repeat_interleave(k, dim=0) for t in self.keys],
+                              [t.repeat_interleave(k, dim=0) for t in self.values],
+                              self.n_obs_tokens, self.timesteps, self.time_keys, self.time_values)
+
 
 class TransformerForActionDiffusion(nn.Module):
     """The action denoiser.

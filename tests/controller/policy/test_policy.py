@@ -120,10 +120,13 @@ def test_chunk_policy_on_raw_observation(make_policy):
         runner.predict_chunk(raw)
 
 
-def test_sample_actions_equals_one_prediction_per_noise_draw(make_policy):
-    """K samples per observation from one encoding equal K separate predictions with the same noise."""
+@pytest.mark.parametrize("cache_kv", [True, False])
+def test_sample_actions_equals_one_prediction_per_noise_draw(make_policy, cache_kv):
+    """K samples per observation from one encoding (and, with the K/V cache, one condition
+    projection) equal K separate predictions with the same noise."""
     policy, cfg = make_policy()
     policy.eval()
+    policy.cache_condition_kv = cache_kv
     obs = random_obs(2, cfg.image_size, 4)
     noise = torch.randn(2, 3, 64, 13, generator=torch.Generator().manual_seed(4))
     many = policy.sample_actions(obs, 3, noise=noise)
