@@ -42,7 +42,9 @@ def test_send_clamps_converts_and_fingers_move(hand, hand_emulator):
     assert wait_until(lambda: np.allclose(hand.read(), sent, atol=0.002))
     force = hand.read_force()
     assert force[0] > 0 and force[4] > 0 and force[3] == 0  # closed fingers press, open ones do not
-    assert hand.read_status().tolist() == [2] * 6
+    # read() matches to 2 units of 1000 a step or two before the emulator reports "reached"
+    # (within 0.5 units): wait for the status too instead of racing the emulator's update thread
+    assert wait_until(lambda: hand.read_status().tolist() == [2] * 6)
     assert hand.read_temperature().tolist() == [30] * 6
     hand.open()
     assert wait_until(lambda: np.allclose(hand.read(), 1.0, atol=0.002))
