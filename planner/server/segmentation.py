@@ -41,7 +41,11 @@ class SegmentationParams:
     min_threshold: float = 7.0
     mad_factor: float = 3.5
     arm_chroma: float = 11.0
-    split_hue_deg: float = 50.0
+    split_hue_deg: float = 50.0    # two chromatic colour clusters this far apart in hue: two objects
+    split_chroma: float = 15.0     # ... each at least this chromatic
+    split_chromatic: float = 20.0  # a cluster this chromatic next to one at most
+    split_achromatic: float = 8.0  # this chromatic (white, grey, black): two objects
+    split_edge_contrast: float = 8.5  # ... meeting in a chroma step this sharp (Lab units per px)
     min_edge_contrast: float = 3.0
     min_side: int = 11            # px at 480 rows: thinner components are texture seams, not objects
     line_factor: float = 4.0      # table-line distance threshold: median + factor * MAD
@@ -292,23 +296,37 @@ def _shape_name(mask_u8: np.ndarray) -> str:
     return "cube" if rect_fill > 0.86 else "ball"
 
 
-def _split_component(lab: np.ndarray, comp: np.ndarray, params: SegmentationParams) -> list[np.ndarray]:
-    """Split a component whose pixels form two well separated colour clusters."""
+def _two_colour_split(lab: np.ndarray, comp: np.ndarray, params: SegmentationParams) -> Optional[list[np.ndarray]]:
+    """One 2-means split of a component's (a, b) chroma plane, or None when the two clusters are
+    not two objects' colours.
+
+    Accepted: two clear hues (both chromatic, hue apart by ``split_hue_deg``), or one chromatic and
+    one achromatic cluster (``split_chromatic`` vs ``split_achromatic`` chroma: a red cylinder
+    under a white capsule). Shading changes lightness and chroma but hardly the hue, and it does
+    not turn one face of a coloured object grey, so neither rule cuts a single object's faces;
+    specular highlights are too small to reach the minimum share.
+    """
     pix = lab[comp][:, 1:3].astype(np.float32)
     if len(pix) < 2 * params.min_area:
-        return [comp]
+        return None
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
     _, labels, centres = cv2.kmeans(pix, 2, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
     labels = labels.ravel()
     share = labels.mean()
+    if not 0.2 < share < 0.8:
+        return None
     chroma = np.hypot(centres[:, 0], centres[:, 1])
     hue = np.degrees(np.arctan2(centres[:, 1], centres[:, 0]))
     dhue = abs((hue[0] - hue[1] + 180.0) % 360.0 - 180.0)
-    # Shading changes lightness and chroma but hardly the hue: split only on a clear hue change.
-    if chroma.min() < 15.0 or dhue < params.split_hue_deg or not 0.2 < share < 0.8:
-        return [comp]
-    parts = []
+    two_hues = chroma.min() >= params.split_chroma and dhue >= params.split_hue_deg
+    colour_and_grey = chroma.max() >= params.split_chromatic and chroma.min() <= params.split_achromatic
+    if not (two_hues or colour_and_grey):
+        return None
     ys, xs = np.nonzero(comp)
+    if colour_and_grey and not two_hues and \
+            _interface_contrast(lab, comp, ys, xs, labels) < params.split_edge_contrast:
+        return None  # a smooth change of tint across one object (a white object under coloured light)
+    parts = []
     for k in (0, 1):
         part = np.zeros(comp.shape, np.uint8)
         part[ys[labels == k], xs[labels == k]] = 1
@@ -316,8 +334,37 @@ def _split_component(lab: np.ndarray, comp: np.ndarray, params: SegmentationPara
         n, lbl, stats, _ = cv2.connectedComponentsWithStats(part, connectivity=8)
         if n > 1:
             biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-            parts.append(lbl == biggest)
-    return parts if len(parts) == 2 else [comp]
+            if stats[biggest, cv2.CC_STAT_AREA] >= params.min_area:
+                parts.append(lbl == biggest)
+    return parts if len(parts) == 2 else None
+
+
+def _interface_contrast(lab: np.ndarray, comp: np.ndarray, ys: np.ndarray, xs: np.ndarray,
+                        labels: np.ndarray) -> float:
+    """Median chroma gradient (Lab units per pixel) along the interface between the two colour
+    clusters ``labels`` (0/1 per pixel ``ys, xs`` of ``comp``). Two touching objects meet in a sharp
+    colour step; the shading or tint of a single object changes over many pixels."""
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    crop = lab[y0:y1, x0:x1]
+    ga = [cv2.Sobel(np.ascontiguousarray(crop[..., c]), cv2.CV_32F, dx, 1 - dx, ksize=3) / 8.0
+          for c in (1, 2) for dx in (1, 0)]
+    grad = np.sqrt(ga[0] ** 2 + ga[1] ** 2 + ga[2] ** 2 + ga[3] ** 2)
+    one = np.zeros(crop.shape[:2], np.uint8)
+    one[ys[labels == 1] - y0, xs[labels == 1] - x0] = 1
+    inside = comp[y0:y1, x0:x1]
+    kernel = np.ones((3, 3), np.uint8)
+    interface = (cv2.dilate(one, kernel) > 0) & (cv2.dilate(1 - one, kernel) > 0) & inside
+    interface &= cv2.erode(inside.astype(np.uint8), kernel) > 0  # not the outline against the table
+    if not interface.any():
+        return 0.0
+    return float(np.median(grad[interface]))
+
+
+def _split_component(lab: np.ndarray, comp: np.ndarray, params: SegmentationParams) -> list[np.ndarray]:
+    """Split a component of two touching objects of different colours (one level: on the
+    development scenes a recursive split cut more single objects under coloured light than it
+    separated further objects)."""
+    return _two_colour_split(lab, comp, params) or [comp]
 
 
 def analyse_scene(bgr: np.ndarray, params: Optional[SegmentationParams] = None) -> SceneAnalysis:

@@ -153,3 +153,36 @@ def test_single_objects_are_not_over_split():
     cv2.line(img, (420, 300), (500, 250), (30, 200, 200), 24)
     objects = analyse_scene(img).objects
     assert len(objects) == 3, [o.bbox for o in objects]
+
+
+def test_touching_coloured_and_white_objects_are_two_objects():
+    """A red block against a white block (a red cylinder under a white capsule in the simulator):
+    one chromatic and one achromatic colour cluster meeting in a sharp step are two objects."""
+    import cv2
+    import numpy as np
+    img = np.full((480, 640, 3), (150, 160, 170), np.uint8)
+    cv2.rectangle(img, (280, 240), (329, 299), (30, 30, 200), -1)   # red, BGR
+    cv2.rectangle(img, (330, 230), (389, 289), (245, 245, 245), -1)  # white, touching on the right
+    boxes = [BBox(*o.bbox) for o in analyse_scene(img).objects]
+    for truth in (BBox(280, 240, 330, 300), BBox(330, 230, 390, 290)):
+        assert max((b.iou(truth) for b in boxes), default=0.0) >= 0.75, boxes
+
+
+def test_white_object_under_tinted_light_stays_whole():
+    """A white ball whose shaded half takes the light's blue tint changes colour smoothly across
+    the ball: no sharp step, so it is not cut into a white and a blue object (without the
+    sharpness test the colour rule alone would cut it, checked first)."""
+    import numpy as np
+
+    from planner.server.segmentation import SegmentationParams
+    img = np.full((480, 640, 3), (150, 160, 170), np.uint8)
+    yy, xx = np.mgrid[0:480, 0:640].astype(np.float32)
+    inside = (xx - 320) ** 2 + (yy - 260) ** 2 <= 40 ** 2
+    t = np.clip((xx - 300) / 30.0, 0.0, 1.0)[..., None]               # 0 -> 1 over 30 px
+    white, tinted = np.array([250, 250, 250], np.float32), np.array([230, 150, 120], np.float32)
+    ball = (1 - t) * white + t * tinted                               # BGR: white -> light blue
+    img[inside] = ball[inside].astype(np.uint8)
+    assert len(analyse_scene(img, SegmentationParams(split_edge_contrast=0.0)).objects) == 2
+    objects = analyse_scene(img).objects
+    assert len(objects) == 1, [o.bbox for o in objects]
+    assert BBox(*objects[0].bbox).iou(BBox(280, 220, 361, 301)) >= 0.85, objects[0].bbox
