@@ -201,9 +201,8 @@ class DexGraspVLAController(nn.Module):
         cache = None
         if self.cache_condition_kv:
             project = compiled.project_condition if compiled is not None else None
-            cache = self.model.prepare_condition(cond, sched.timesteps, project=project)  # per observation
-            if samples > 1:
-                cache = cache.repeat_interleave(samples)                                # (B*k, h, N+1, d)
+            # per observation (B, h, N+1, d): its `samples` noise draws share the keys/values
+            cache = self.model.prepare_condition(cond, sched.timesteps, project=project)
         elif samples > 1:
             cond = cond.repeat_interleave(samples, dim=0)                              # (B*k, N, D)
         maps, steps = [], []

@@ -58,6 +58,9 @@ class RDTBlock(nn.Module):
 class ConditionCache:
     """Per-block key/value buffers (B, h, N+1, d) whose first N rows hold the observation tokens.
 
+    One cache serves a sample batch of B * g (g noise draws per observation, consecutive): the
+    cross-attention shares each observation's keys/values among its g samples.
+
     ``time_keys`` / ``time_values``: optional per-block (S, h, 1, d) rows of the time token for the
     S timesteps listed in ``timesteps`` (the same for every sample of the batch).
     """
@@ -68,14 +71,6 @@ class ConditionCache:
     timesteps: Optional[List[int]] = None
     time_keys: Optional[List[torch.Tensor]] = None
     time_values: Optional[List[torch.Tensor]] = None
-
-    def repeat_interleave(self, k: int) -> "ConditionCache":
-        """The cache for a batch with each sample repeated ``k`` times (B -> B*k, as
-        ``Tensor.repeat_interleave``): the observation tokens are projected once, not k times. The
-        buffers are copies, since the time-token row is written into them at every step."""
-        return ConditionCache([t.repeat_interleave(k, dim=0) for t in self.keys],
-                              [t.repeat_interleave(k, dim=0) for t in self.values],
-                              self.n_obs_tokens, self.timesteps, self.time_keys, self.time_values)
 
 
 class TransformerForActionDiffusion(nn.Module):
@@ -201,10 +196,17 @@ class TransformerForActionDiffusion(nn.Module):
                        capture_attention: bool = False, run_blocks=None):
         """Same result as :meth:`forward` (inference only), reusing the observation K/V.
 
-        ``run_blocks``: optional replacement of :meth:`_run_blocks` (e.g. a compiled one).
+        sample: (B * g, T, A) for a cache of B observations (g samples each, consecutive); the
+        timestep is shared by the batch. ``run_blocks``: optional replacement of
+        :meth:`_run_blocks` (e.g. a compiled one).
         """
-        B, n = sample.shape[0], cache.n_obs_tokens
+        B, n = cache.keys[0].shape[0], cache.n_obs_tokens
+        if sample.shape[0] % B:
+            raise ValueError(f"forward_cached: sample batch {sample.shape[0]} is not a multiple of the "
+                             f"condition cache's batch {B}")
         t_int = int(timestep) if not torch.is_tensor(timestep) or timestep.numel() == 1 else None
+        if t_int is None and timestep.numel() != B:
+            raise ValueError("forward_cached: per-sample timesteps need one condition cache row per sample")
         if cache.timesteps is not None and t_int in cache.timesteps:
             i = cache.timesteps.index(t_int)
             for kb, vb, tk, tv in zip(cache.keys, cache.values, cache.time_keys, cache.time_values):

@@ -106,9 +106,9 @@ class SelfAttention(nn.Module):
 class CrossAttention(nn.Module):
     """Action tokens attend to the condition tokens (observation + diffusion time), QK RMSNorm.
 
-    ``forward`` accepts either the condition sequence ``c`` (B, L, D) or precomputed keys/values
-    (``kv_cache``: k, v each (B, h, L, d), already k-normed) -- the condition does not change across
-    denoising steps, so the policy computes them once per chunk.
+    ``forward`` takes keys/values from :meth:`project_kv` (k, v each (B, h, L, d), k-normed): the
+    condition does not change across denoising steps, so the policy computes them once per chunk
+    (and once per observation when it denoises several noise draws of it).
     """
 
     def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
@@ -136,23 +136,44 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 attn_mask: Optional[torch.Tensor] = None,
                 capture: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """x: (B, T, D); k, v: (B, h, L, d); attn_mask: bool (B, 1, 1, L), True = attend.
+        """x: (B, T, D); k, v: (B, h, L, d) or (B / g, h, L, d); attn_mask: bool (B or B / g, 1, 1, L),
+        True = attend.
+
+        With B / g keys/values, each row serves g consecutive samples of ``x`` (g noise draws of one
+        observation): their queries are stacked along the token axis, (B / g, h, g * T, d), so the
+        shared keys/values are read once instead of copied g times. Same result per sample.
 
         Returns the output (B, T, D) and, when ``capture``, the attention weights of the first
         action token over the L condition tokens, (B, h, L) in float32.
         """
         B, T_, D = x.shape
+        kv_batch = k.shape[0]
+        if B % kv_batch:
+            raise ValueError(f"cross-attention: {B} query samples cannot share keys/values of batch {kv_batch}")
+        g = B // kv_batch
         q = self.q_norm(self.q(x).reshape(B, T_, self.num_heads, self.head_dim).transpose(1, 2))  # (B,h,T,d)
-        y = attention(q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0,
-                      fused=self.fused_attn)
+        drop = self.attn_drop if self.training else 0.0
+        if g == 1:
+            y = attention(q, k, v, attn_mask=attn_mask, dropout_p=drop, fused=self.fused_attn)  # (B,h,T,d)
+            y = y.transpose(1, 2).reshape(B, T_, D)
+        else:
+            if attn_mask is not None and attn_mask.shape[0] not in (1, kv_batch):
+                raise ValueError("cross-attention with shared keys/values needs one mask per key/value row")
+            qg = q.reshape(kv_batch, g, self.num_heads, T_, self.head_dim).transpose(1, 2)  # (B/g,h,g,T,d)
+            y = attention(qg.reshape(kv_batch, self.num_heads, g * T_, self.head_dim), k, v,
+                          attn_mask=attn_mask, dropout_p=drop, fused=self.fused_attn)     # (B/g,h,gT,d)
+            y = y.reshape(kv_batch, self.num_heads, g, T_, self.head_dim).permute(0, 2, 3, 1, 4)
+            y = y.reshape(B, T_, D)                                                        # (B,T,D)
         weights = None
         if capture:
             with torch.no_grad():  # only the first action token: (B, h, 1, d) @ (B, h, d, L)
-                logits = (q[:, :, :1].float() @ k.float().transpose(-2, -1)) * self.scale
+                kf = k.float() if g == 1 else k.float().repeat_interleave(g, dim=0)
+                logits = (q[:, :, :1].float() @ kf.transpose(-2, -1)) * self.scale
                 if attn_mask is not None:
-                    logits = logits.masked_fill(~attn_mask, float("-inf"))
+                    m = attn_mask if g == 1 or attn_mask.shape[0] == 1 else attn_mask.repeat_interleave(g, dim=0)
+                    logits = logits.masked_fill(~m, float("-inf"))
                 weights = logits.softmax(-1)[:, :, 0]  # (B, h, L)
-        return self.proj_drop(self.proj(y.transpose(1, 2).reshape(B, T_, D))), weights
+        return self.proj_drop(self.proj(y)), weights
 
 
 class TimestepEmbedder(nn.Module):

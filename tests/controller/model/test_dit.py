@@ -49,6 +49,31 @@ def test_precomputed_time_rows_equal_uncached(seed):
         assert (ref - out).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("capture", [False, True])
+def test_cache_shared_by_several_samples_per_observation(fused, capture):
+    """A cache of B observations serves B * g samples (g noise draws each, consecutive): the same
+    outputs and attention as the straightforward path on the repeated condition."""
+    from controller.model.diffusion.layers import set_fused_attention
+    dit = _dit(4)
+    set_fused_attention(dit, fused)
+    gen = torch.Generator().manual_seed(4)
+    cond = torch.randn(2, 40, 32, generator=gen)
+    cache = dit.prepare_condition(cond, timesteps=[49, 17])
+    for t in (49, 17, 5):  # precomputed time rows and a per-step one
+        x = torch.randn(6, 16, 13, generator=gen)       # 3 samples per observation
+        ref, ref_attn = dit(x, t, cond.repeat_interleave(3, dim=0), capture_attention=capture)
+        out, attn = dit.forward_cached(x, t, cache, capture_attention=capture)
+        assert (ref - out).abs().max().item() <= 1e-5
+        if capture:
+            assert attn[0].shape == (6, 4, 41)
+            assert max((a - b).abs().max().item() for a, b in zip(ref_attn, attn)) <= 1e-5
+    with pytest.raises(ValueError, match="not a multiple"):
+        dit.forward_cached(torch.randn(5, 16, 13), 5, cache)
+    with pytest.raises(ValueError, match="per-sample timesteps"):
+        dit.forward_cached(torch.randn(6, 16, 13), torch.arange(6), cache)
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_explicit_attention_equals_fused(masked):
     """fused_attn=False (the benchmark's straightforward path) computes the same function."""
