@@ -100,8 +100,10 @@ def _where(obj: DetectedObject, scene: SceneAnalysis) -> str:
     return text
 
 
-def choose_next(scene: SceneAnalysis, candidates: list[DetectedObject], max_crowding: float = 0.25) -> Optional[DetectedObject]:
-    """The rightmost candidate that is not hemmed in (or the rightmost if all are)."""
+def choose_next(scene: SceneAnalysis, candidates: list[DetectedObject], max_crowding: float = 0.1) -> Optional[DetectedObject]:
+    """The rightmost candidate that is not hemmed in: at most ``max_crowding`` of the ring around
+    it taken by other objects or the robot (or the rightmost if all are). In the simulator, picks
+    with crowding >= 0.1 were grasped in 18 of 30 attempts against 263 of 327 with a free ring."""
     if not candidates:
         return None
     ordered = sorted(candidates, key=lambda o: -o.centroid[0])
