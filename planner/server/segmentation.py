@@ -296,9 +296,12 @@ def _shape_name(mask_u8: np.ndarray) -> str:
     return "cube" if rect_fill > 0.86 else "ball"
 
 
-def _two_colour_split(lab: np.ndarray, comp: np.ndarray, params: SegmentationParams) -> Optional[list[np.ndarray]]:
-    """One 2-means split of a component's (a, b) chroma plane, or None when the two clusters are
-    not two objects' colours.
+def _split_component(lab: np.ndarray, comp: np.ndarray, params: SegmentationParams,
+                     min_area: int) -> list[np.ndarray]:
+    """Split a component of two touching objects of different colours: one 2-means split of its
+    (a, b) chroma plane, or ``[comp]`` when the two clusters are not two objects' colours (one
+    level only: on the development scenes a recursive split cut more single objects under
+    coloured light than it separated further objects).
 
     Accepted: two clear hues (both chromatic, hue apart by ``split_hue_deg``), or one chromatic and
     one achromatic cluster (``split_chromatic`` vs ``split_achromatic`` chroma: a red cylinder
@@ -307,25 +310,25 @@ def _two_colour_split(lab: np.ndarray, comp: np.ndarray, params: SegmentationPar
     specular highlights are too small to reach the minimum share.
     """
     pix = lab[comp][:, 1:3].astype(np.float32)
-    if len(pix) < 2 * params.min_area:
-        return None
+    if len(pix) < 2 * min_area:
+        return [comp]
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
     _, labels, centres = cv2.kmeans(pix, 2, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
     labels = labels.ravel()
     share = labels.mean()
     if not 0.2 < share < 0.8:
-        return None
+        return [comp]
     chroma = np.hypot(centres[:, 0], centres[:, 1])
     hue = np.degrees(np.arctan2(centres[:, 1], centres[:, 0]))
     dhue = abs((hue[0] - hue[1] + 180.0) % 360.0 - 180.0)
     two_hues = chroma.min() >= params.split_chroma and dhue >= params.split_hue_deg
     colour_and_grey = chroma.max() >= params.split_chromatic and chroma.min() <= params.split_achromatic
     if not (two_hues or colour_and_grey):
-        return None
+        return [comp]
     ys, xs = np.nonzero(comp)
     if colour_and_grey and not two_hues and \
             _interface_contrast(lab, comp, ys, xs, labels) < params.split_edge_contrast:
-        return None  # a smooth change of tint across one object (a white object under coloured light)
+        return [comp]  # a smooth change of tint across one object (a white object under coloured light)
     parts = []
     for k in (0, 1):
         part = np.zeros(comp.shape, np.uint8)
@@ -334,9 +337,9 @@ def _two_colour_split(lab: np.ndarray, comp: np.ndarray, params: SegmentationPar
         n, lbl, stats, _ = cv2.connectedComponentsWithStats(part, connectivity=8)
         if n > 1:
             biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-            if stats[biggest, cv2.CC_STAT_AREA] >= params.min_area:
+            if stats[biggest, cv2.CC_STAT_AREA] >= min_area:
                 parts.append(lbl == biggest)
-    return parts if len(parts) == 2 else None
+    return parts if len(parts) == 2 else [comp]
 
 
 def _interface_contrast(lab: np.ndarray, comp: np.ndarray, ys: np.ndarray, xs: np.ndarray,
@@ -358,13 +361,6 @@ def _interface_contrast(lab: np.ndarray, comp: np.ndarray, ys: np.ndarray, xs: n
     if not interface.any():
         return 0.0
     return float(np.median(grad[interface]))
-
-
-def _split_component(lab: np.ndarray, comp: np.ndarray, params: SegmentationParams) -> list[np.ndarray]:
-    """Split a component of two touching objects of different colours (one level: on the
-    development scenes a recursive split cut more single objects under coloured light than it
-    separated further objects)."""
-    return _two_colour_split(lab, comp, params) or [comp]
 
 
 def analyse_scene(bgr: np.ndarray, params: Optional[SegmentationParams] = None) -> SceneAnalysis:
@@ -433,7 +429,7 @@ def analyse_scene(bgr: np.ndarray, params: Optional[SegmentationParams] = None) 
         if float(grad[boundary].mean()) < params.min_edge_contrast:  # smooth blotch of table texture
             continue
         for part in _strip_table_line(comp, lab, line, min_area):
-            for piece in _split_component(lab, part, params):
+            for piece in _split_component(lab, part, params, min_area):
                 comps.extend(_split_touching(piece, min_area, params.join_bar))
     objects: list[DetectedObject] = []
     for comp in comps:

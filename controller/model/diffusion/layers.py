@@ -152,18 +152,14 @@ class CrossAttention(nn.Module):
             raise ValueError(f"cross-attention: {B} query samples cannot share keys/values of batch {kv_batch}")
         g = B // kv_batch
         q = self.q_norm(self.q(x).reshape(B, T_, self.num_heads, self.head_dim).transpose(1, 2))  # (B,h,T,d)
-        drop = self.attn_drop if self.training else 0.0
-        if g == 1:
-            y = attention(q, k, v, attn_mask=attn_mask, dropout_p=drop, fused=self.fused_attn)  # (B,h,T,d)
-            y = y.transpose(1, 2).reshape(B, T_, D)
-        else:
-            if attn_mask is not None and attn_mask.shape[0] not in (1, kv_batch):
-                raise ValueError("cross-attention with shared keys/values needs one mask per key/value row")
-            qg = q.reshape(kv_batch, g, self.num_heads, T_, self.head_dim).transpose(1, 2)  # (B/g,h,g,T,d)
-            y = attention(qg.reshape(kv_batch, self.num_heads, g * T_, self.head_dim), k, v,
-                          attn_mask=attn_mask, dropout_p=drop, fused=self.fused_attn)     # (B/g,h,gT,d)
-            y = y.reshape(kv_batch, self.num_heads, g, T_, self.head_dim).permute(0, 2, 3, 1, 4)
-            y = y.reshape(B, T_, D)                                                        # (B,T,D)
+        if attn_mask is not None and attn_mask.shape[0] not in (1, kv_batch):
+            raise ValueError("cross-attention with shared keys/values needs one mask per key/value row")
+        # the g samples sharing a key/value row stack their queries: (B/g, h, g*T, d); views for g = 1
+        qg = q.reshape(kv_batch, g, self.num_heads, T_, self.head_dim).transpose(1, 2)
+        y = attention(qg.reshape(kv_batch, self.num_heads, g * T_, self.head_dim), k, v, attn_mask=attn_mask,
+                      dropout_p=self.attn_drop if self.training else 0.0, fused=self.fused_attn)  # (B/g,h,gT,d)
+        y = y.reshape(kv_batch, self.num_heads, g, T_, self.head_dim).permute(0, 2, 3, 1, 4)
+        y = y.reshape(B, T_, D)                                                                     # (B,T,D)
         weights = None
         if capture:
             with torch.no_grad():  # only the first action token: (B, h, 1, d) @ (B, h, d, L)
