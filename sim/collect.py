@@ -34,9 +34,11 @@ from sim.config import SPLITS, TABLE_APPEARANCES, SimConfig, SimConfigError, che
 _WORKER_ENV = None
 
 
-def _episode(env, seed: int, split: str, action_noise: float = 0.0, target: str = "scene") -> dict:
+def _episode(env, seed: int, split: str, action_noise: float = 0.0, target: str = "scene",
+             recovery: bool = False) -> dict:
     from sim.expert import run_expert_episode
-    return run_expert_episode(env, seed, split, record=True, action_noise=action_noise, target=target)
+    return run_expert_episode(env, seed, split, record=True, action_noise=action_noise, target=target,
+                              recovery=recovery)
 
 
 def _worker_init(config: SimConfig) -> None:
@@ -46,7 +48,7 @@ def _worker_init(config: SimConfig) -> None:
     _WORKER_ENV = GraspEnv(config)
 
 
-def _worker_run(args: tuple[int, str, float, str]) -> dict:
+def _worker_run(args: tuple[int, str, float, str, bool]) -> dict:
     return _episode(_WORKER_ENV, *args)
 
 
@@ -79,7 +81,7 @@ def _as_episode(frames: dict) -> dict:
 def collect(out: str, episodes: int, split: str = "train", seed: int = 0, workers: int = 1,
             n_objects: tuple[int, int] = (4, 10), clutter: str = "normal", keep_failed: bool = False,
             zarr_format: int = 2, progress: bool = True, action_noise: float = 0.0,
-            target: str = "scene", table: str = "presets") -> dict:
+            target: str = "scene", table: str = "presets", recovery: bool = False) -> dict:
     """Collect ``episodes`` expert episodes into ``out``; returns a summary dict.
 
     ``action_noise`` > 0 perturbs the executed arm targets (recorded actions stay clean; see
@@ -87,7 +89,10 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
     ``target="random"`` grasps a uniformly drawn object per scene instead of the designated one,
     ``target="planner"`` the offline planner's first pick (often near the rim or next to others).
     ``table="procedural"`` draws a random table per scene instead of the training presets
-    (``SimConfig.table_appearance``; held-out table colours are excluded)."""
+    (``SimConfig.table_appearance``; held-out table colours are excluded). ``recovery`` records
+    grasps that start after a staged, unrecorded miss (:mod:`sim.recovery`); misses that caught
+    or knocked away the target, or left it rolling, are skipped (counted in ``skipped``), so more
+    scene seeds are tried (at most ``6 * episodes + 10``)."""
     from sim.expert import TARGET_CHOICES
     check_split(split)
     if episodes < 1:
@@ -102,9 +107,9 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
         raise SimConfigError(f"target must be one of {', '.join(TARGET_CHOICES)}, got {target!r}")
     config = SimConfig(n_objects=tuple(n_objects), clutter=clutter, split=split, table_appearance=table)
     writer = open_store(out, (config.image_height, config.image_width), zarr_format)
-    max_attempts = 2 * episodes + 10
-    jobs = [(seed + i, split, float(action_noise), target) for i in range(max_attempts)]
-    stored, failed, seeds_used, lengths = 0, [], [], []
+    max_attempts = (6 if recovery else 2) * episodes + 10
+    jobs = [(seed + i, split, float(action_noise), target, bool(recovery)) for i in range(max_attempts)]
+    stored, failed, skipped, seeds_used, lengths = 0, [], [], [], []
     t0 = time.time()
     bar = tqdm(total=episodes, desc=f"collect {split}", unit="ep", disable=not progress)
     # compression + writing of episode k overlaps the simulation of episode k+1 (one in flight)
@@ -113,6 +118,10 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
 
     def consume(result: dict) -> bool:
         nonlocal stored
+        if "skipped" in result:  # a staged miss unfit for a recovery demonstration: nothing to store
+            skipped.append(result["seed"])
+            bar.set_postfix(failed=len(failed), skipped=len(skipped))
+            return False
         if result["success"] or keep_failed:
             if pending:
                 pending.pop().result()
@@ -123,7 +132,7 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
             bar.update(1)
         if not result["success"]:
             failed.append(result["seed"])
-        bar.set_postfix(failed=len(failed), steps=result["steps"])
+        bar.set_postfix(failed=len(failed), skipped=len(skipped), steps=result["steps"])
         return stored >= episodes
 
     interrupted = False
@@ -148,16 +157,18 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
     io_pool.shutdown()
     bar.close()
     elapsed = time.time() - t0
-    summary = {"out": str(out), "split": split, "stored": stored, "failed_seeds": failed,
+    summary = {"out": str(out), "split": split, "stored": stored, "failed_seeds": failed, "skipped_seeds": skipped,
                "seeds": seeds_used, "mean_steps": float(sum(lengths) / max(len(lengths), 1)),
                "total_episodes_in_store": writer.n_episodes, "total_frames_in_store": writer.n_steps,
                "elapsed_s": elapsed, "episodes_per_min": 60.0 * (stored + len(failed)) / max(elapsed, 1e-9),
+               "recovery": bool(recovery),
                "n_objects": list(n_objects), "clutter": clutter, "keep_failed": keep_failed,
                "action_noise": float(action_noise), "target": target, "table": table,
                "interrupted": interrupted}
     history = list(writer.root.attrs.get("sim_collect", []))  # provenance of every collection run
-    history.append({k: summary[k] for k in ("split", "stored", "seeds", "failed_seeds", "n_objects", "clutter",
-                                            "action_noise", "target", "table", "interrupted")})
+    history.append({k: summary[k] for k in ("split", "stored", "seeds", "failed_seeds", "skipped_seeds", "n_objects",
+                                            "clutter", "action_noise", "target", "table", "recovery",
+                                            "interrupted")})
     writer.root.attrs["sim_collect"] = history
     if stored < episodes and not interrupted:
         print(f"warning: only {stored}/{episodes} successful episodes after {max_attempts} attempts",
@@ -188,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", default="presets", choices=TABLE_APPEARANCES,
                    help="table appearance: the split's presets, or a procedural table per scene (random "
                         "colour, texture and contrast, kept clear of the held-out tables' colours)")
+    p.add_argument("--recovery", action="store_true",
+                   help="recovery demonstrations: the expert first misses the target on purpose (not recorded), "
+                        "then grasps it from the raised, closed hand (see sim/recovery.py)")
     return p
 
 
@@ -199,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         check_split(args.split)
         s = collect(args.out, args.episodes, args.split, args.seed, args.workers, tuple(args.objects),
                     args.clutter, args.keep_failed, args.zarr_format, action_noise=args.action_noise,
-                    target=args.target, table=args.table)
+                    target=args.target, table=args.table, recovery=args.recovery)
     except (SimConfigError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -209,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: stored {s['stored']} episodes before the stop; store now has "
               f"{s['total_episodes_in_store']} episodes / {s['total_frames_in_store']} frames", file=sys.stderr)
         return 130
-    print(f"stored {s['stored']} episodes ({len(s['failed_seeds'])} failed) in {s['elapsed_s']:.1f} s "
+    skipped = f", {len(s['skipped_seeds'])} staged misses unusable" if s["recovery"] else ""
+    print(f"stored {s['stored']} episodes ({len(s['failed_seeds'])} failed{skipped}) in {s['elapsed_s']:.1f} s "
           f"({s['episodes_per_min']:.1f} episodes/min, mean {s['mean_steps']:.0f} steps); "
           f"store now has {s['total_episodes_in_store']} episodes / {s['total_frames_in_store']} frames")
     return 0

@@ -67,8 +67,12 @@ class ScriptedExpert:
         self._t = 0
 
     # ------------------------------------------------------------------ planning
-    def plan(self, env) -> None:
-        """(Re)plan for the env's current scene and target from the current hand pose."""
+    def plan(self, env, grasp_offset=None, keep_thumb: bool = False) -> None:
+        """(Re)plan for the env's current scene and target from the current hand pose.
+
+        ``grasp_offset`` (3,) metres shifts the pre-grasp, grasp and lift points (used to stage a
+        missed grasp, :mod:`sim.recovery`). ``keep_thumb`` starts the thumb rotation from its
+        measured value instead of the home pose's (re-planning mid-episode, e.g. after a miss)."""
         if self._ik_model is not env.model:
             self._ik = ArmIK(env.model)
             self._ik_model = env.model
@@ -85,11 +89,15 @@ class ScriptedExpert:
         self._p0 = p0
         self._pre = np.array([pos[0], pos[1], gz + tm.pre_height])
         self._grasp = np.array([pos[0], pos[1], gz])
+        if grasp_offset is not None:
+            off = np.asarray(grasp_offset, dtype=np.float64).reshape(3)
+            self._pre, self._grasp = self._pre + off, self._grasp + off
         self._lift = self._grasp + np.array([0.0, 0.0, tm.lift_height])
         dist = float(np.linalg.norm(self._pre - p0)) + 0.05 * abs(self._dyaw)
         self._n_approach = int(np.clip(round(dist / tm.approach_speed), tm.approach - 8, tm.approach + 10))
         self._q = env.arm_qpos()
         self._hand0 = env.hand_state()
+        self._thumb0 = float(self._hand0[5]) if keep_thumb else 1.0
         self._t = 0
         self._key = (id(env.model), env.target)
 
@@ -106,7 +114,7 @@ class ScriptedExpert:
         if t < t1:
             s = _min_jerk((t + 1) / t1)
             hand = open_hand.copy()
-            hand[5] = 1.0 - s
+            hand[5] = self._thumb0 * (1.0 - s)
             hand[:5] = self._hand0[:5] + (1.0 - self._hand0[:5]) * s
             return self._p0 + s * (self._pre - self._p0), self._yaw0 + s * self._dyaw, hand
         hand = open_hand.copy()
@@ -145,6 +153,11 @@ class ScriptedExpert:
         """The next 13-D joint target (normalised arm + hand) for ``env``."""
         if self._key != (id(env.model), env.target) or env.steps == 0 and self._t > 0:
             self.plan(env)
+        return self.next_action()
+
+    def next_action(self) -> np.ndarray:
+        """The next 13-D joint target of the current plan, without checking whether the env was
+        reset or its target changed (:meth:`act` does; call :meth:`plan` first)."""
         pos, yaw, hand = self._pose_at(self._t)
         q, _ = self._ik.solve(self._q, pos, topdown_rotation(yaw), q_posture=HOME_ARM_Q, iters=40)
         self._q = q
@@ -177,8 +190,13 @@ class ArmPerturbation:
         return scale * self.state
 
 
+#: A recovery episode stops this many control steps after the expert's plan ended without success.
+RECOVERY_GIVE_UP_STEPS = 40
+
+
 def run_expert_episode(env, seed: int, split: str = "train", expert: ScriptedExpert | None = None,
-                       record: bool = False, action_noise: float = 0.0, target: str = "scene") -> dict:
+                       record: bool = False, action_noise: float = 0.0, target: str = "scene",
+                       recovery: bool = False) -> dict:
     """Run one expert episode; returns success, steps and (if ``record``) the frames and actions.
 
     With ``action_noise > 0`` the arm executes the expert's target plus :class:`ArmPerturbation`
@@ -186,6 +204,9 @@ def run_expert_episode(env, seed: int, split: str = "train", expert: ScriptedExp
     ``target``: ``"scene"`` grasps the scene's designated target (placed away from the rim with a
     free ring around it); ``"random"`` grasps an object drawn uniformly from the scene (seeded by
     ``seed``); ``"planner"`` the object the offline planner picks first (see :mod:`sim.targets`).
+    With ``recovery`` the expert first misses the target on purpose (unrecorded, seeded by ``seed``;
+    :mod:`sim.recovery`), then grasps it from there: the episode shows the recovery only. A miss
+    that caught or dropped the target returns ``success=False`` with the reason in ``"skipped"``.
     """
     if target not in TARGET_CHOICES:
         raise ValueError(f"target must be one of {TARGET_CHOICES}, got {target!r}")
@@ -196,6 +217,15 @@ def run_expert_episode(env, seed: int, split: str = "train", expert: ScriptedExp
         if chosen != env.target:
             env.set_target(chosen)
             obs = env.observe()
+    if recovery:
+        from sim.recovery import sample_miss, stage_miss
+        usable, why = stage_miss(env, expert, sample_miss(np.random.default_rng(seed + 5_000_011)))
+        if not usable:
+            return {"seed": seed, "split": split, "success": False, "steps": 0, "skipped": why,
+                    "target_lift_m": env.target_lift(), "target_shape": env.scene.objects[env.target].shape,
+                    "target": int(env.target), **({"frames": {}} if record else {})}
+        expert.plan(env, keep_thumb=True)
+        obs = env.observe()
     frames = {"right_cam_img": [], "rgbm": [], "right_state": [], "action": []}
     perturb = ArmPerturbation(action_noise, seed=seed + 7_000_003) if action_noise > 0 else None
     while True:
@@ -211,6 +241,8 @@ def run_expert_episode(env, seed: int, split: str = "train", expert: ScriptedExp
         obs, _, terminated, truncated, info = env.step(executed)
         if terminated or truncated:
             break
+        if recovery and expert.plan_step >= expert.total_steps + RECOVERY_GIVE_UP_STEPS:
+            break  # the plan ended without a grasp: a failed recovery, not worth rendering to the limit
     out = {"seed": seed, "split": split, "success": bool(info["success"]), "steps": env.steps,
            "target_lift_m": info["target_lift_m"], "target_shape": env.scene.objects[env.target].shape,
            "target": int(env.target)}

@@ -102,6 +102,19 @@ def test_procedural_table_provenance(tmp_path):
     assert zarr.open_group(str(out), mode="r").attrs["sim_collect"][-1]["table"] == "procedural"
 
 
+def test_recovery_collection_skips_unusable_misses(tmp_path, capsys):
+    """``--recovery``: seed 0's staged miss leaves the capsule rolling (skipped, nothing stored),
+    seed 1's leaves the box on the table; the stored episode starts from the closed hand."""
+    out = tmp_path / "recovery.zarr"
+    assert main(["--out", str(out), "--episodes", "1", "--seed", "0", "--objects", "4", "6", "--recovery"]) == 0
+    assert "1 staged misses unusable" in capsys.readouterr().out
+    _check_store(out, 1)
+    root = zarr.open_group(str(out), mode="r")
+    entry = root.attrs["sim_collect"][-1]
+    assert entry["recovery"] is True and entry["skipped_seeds"] == [0] and entry["seeds"] == [1]
+    assert np.all(root["data"]["right_state"][0, 7:] < 0.2)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_stop_signal_keeps_what_was_collected(tmp_path, workers):
     """SIGTERM (here to a process that inherited SIGINT as ignored, like a background job) stops the
