@@ -36,6 +36,11 @@ For each preset (random weights -- nothing is downloaded) it prints and writes t
   as deployed): one sample, K samples one after another (K encodings) and K samples from one
   encoding in one batch (``sample_actions``, what ``ChunkPolicy`` does), with the batched path's
   ratio to the sequential one and the max |difference| of their means (same noise).
+* **shared backbone** (``--no-shared`` skips it): the preset with the wrist camera on the head's
+  ViT -- two backbones with equal weights called one after another, against one backbone
+  (``obs_encoder.share_backbone=true``) called once on both images; encoder latency, ratio, max
+  |difference| of the condition tokens and parameter count. Applies where both cameras use the
+  same frozen model (the paper preset's ViT-B/14 head and ViT-L/14 wrist do not).
 * **loader**: ms per sample of ``GraspDataset`` from 480x640 frames vs from a feature cache
   (paper-shaped tokens), single process, against the step time per sample.
 
@@ -344,6 +349,48 @@ def sampling_rows(policy, obs, k: int, repeats: int, warmup: bool) -> list:
             for i, name in enumerate(names)]
 
 
+def shared_backbone_rows(preset: str, repeats: int, warmup: bool) -> list:
+    """Both cameras through the head's ViT: two calls of batch 1 (two backbones with equal weights)
+    against one batched call (``obs_encoder.share_backbone=true``); encoder latency, max |difference|
+    of the condition tokens and the parameter count (the shared encoder holds one ViT)."""
+    import hydra
+    from controller.model.diffusion.layers import set_fused_attention
+    from tests.controller.conftest import compose_cfg, random_obs
+    encoders = {}
+    for share in (False, True):
+        torch.manual_seed(0)
+        cfg = compose_cfg([f"policy={preset}", "policy.obs_encoder.head.frozen=true",
+                           "policy.obs_encoder.wrist=${policy.obs_encoder.head}",
+                           f"+policy.obs_encoder.share_backbone={str(share).lower()}"])
+        enc = hydra.utils.instantiate(cfg.policy.obs_encoder).eval()
+        set_fused_attention(enc, True)
+        encoders[share] = enc
+    sd = encoders[True].state_dict()
+    sd.update({k.replace("dino_head.", "dino_wrist.", 1): v for k, v in sd.items() if k.startswith("dino_head.")})
+    encoders[False].load_state_dict(sd, strict=True)
+    obs = random_obs(1, int(cfg.image_size), seed=0)
+    vit = cfg.policy.obs_encoder.head.model_type
+
+    def timed(enc):
+        def run():
+            t = time.perf_counter()
+            with torch.inference_mode():
+                tokens = enc(obs, training=False)
+            dt = time.perf_counter() - t
+            return dt, dt, tokens.float().clone()
+        return run
+
+    names = {False: f"head + wrist, two {vit} calls of batch 1", True: f"one shared {vit}, one call of batch 2"}
+    res: dict = {}
+    _round_robin({names[k]: timed(e) for k, e in encoders.items()}, res, repeats, warmup)
+    base = statistics.median(res[names[False]]["total"])
+    ref = res[names[False]]["actions"]
+    return [{"row": names[k], "encoder_s": statistics.median(res[names[k]]["total"]),
+             "speedup": base / statistics.median(res[names[k]]["total"]),
+             "max_abs_diff": float((res[names[k]]["actions"] - ref).abs().max()),
+             "params_m": sum(p.numel() for p in encoders[k].parameters()) / 1e6} for k in (False, True)]
+
+
 # ---------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -358,6 +405,8 @@ def main() -> None:
                     help="skip the second inference phase under keep_freed_memory (glibc allocator tuning)")
     ap.add_argument("--samples", type=int, default=None,
                     help="K of the sampling rows (default: the deployment's num_samples; 0 or 1 skips them)")
+    ap.add_argument("--no-shared", action="store_true",
+                    help="skip the shared-backbone rows (head and wrist through one ViT in one batch)")
     ap.add_argument("--quick", action="store_true", help="1 repeat, no warm-up (smoke run)")
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     args = ap.parse_args()
@@ -388,6 +437,9 @@ def main() -> None:
             k = defaults.NUM_SAMPLES if args.samples is None else args.samples
             if k > 1:
                 entry["sampling"] = sampling_rows(policy, obs, k, repeats, warmup)
+            if not args.no_shared:
+                policy = None  # free the preset's model before building the two encoders
+                entry["shared_backbone"] = shared_backbone_rows(preset, repeats, warmup)
         else:
             entry["train"] = train_rows(policy, cfg, args.train_batch or TRAIN_BATCH[preset], repeats, warmup,
                                         compile_rows=not args.no_compile, bf16=not args.no_bf16)
@@ -416,6 +468,9 @@ def print_report(report: dict) -> None:
             diff = r["max_abs_diff_vs_sequential"]
             print(f"sampling, {r['row']:45s} {r['latency_s']:8.3f} s  x{r['speedup_vs_sequential']:.2f} vs sequential"
                   + (f"  max|d| {diff:.1e}" if diff is not None else ""))
+        for r in e.get("shared_backbone", []):
+            print(f"encoder, {r['row']:46s} {r['encoder_s']:8.3f} s  x{r['speedup']:.2f}  "
+                  f"max|d| {r['max_abs_diff']:.1e}  {r['params_m']:.1f} M parameters")
         if "train" in e:
             for r in e["train"]:
                 first = f", first step {r['first_step_s']:.0f} s" if "compiled" in r["row"] and r.get("first_step_s") else ""

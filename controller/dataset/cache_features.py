@@ -67,7 +67,7 @@ def weights_sha1(module: torch.nn.Module) -> str:
 def backbone_identity(encoder) -> dict:
     """Identity of an ObsEncoder's two backbones (what a cache must match)."""
     out = {}
-    for part, vit in (("head", encoder.dino_head), ("wrist", encoder.dino_wrist)):
+    for part, vit in (("head", encoder.dino_head), ("wrist", encoder.wrist_backbone)):
         out[part] = {"model_type": str(getattr(vit, "default_cfg", {}).get("architecture", type(vit).__name__)),
                      "depth": len(vit.blocks), "image_size": list(encoder.image_size),
                      "grid": list(vit.grid), "feature_dim": int(vit.feature_dim), "weights_sha1": weights_sha1(vit)}

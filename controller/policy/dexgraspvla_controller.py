@@ -231,7 +231,7 @@ class DexGraspVLAController(nn.Module):
             "token_part_names": np.asarray(names),
             "token_part_sizes": np.asarray(sizes, dtype=np.int64),
             "head_grid": np.asarray(self.obs_encoder.grid, dtype=np.int64),
-            "wrist_grid": np.asarray(self.obs_encoder.dino_wrist.grid, dtype=np.int64),
+            "wrist_grid": np.asarray(self.obs_encoder.wrist_backbone.grid, dtype=np.int64),
         }
         return actions, record
 

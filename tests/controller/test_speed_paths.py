@@ -107,6 +107,10 @@ def test_benchmark_quick_runs(tmp_path):
     assert [r["samples"] for r in sampling] == [1, defaults.NUM_SAMPLES, defaults.NUM_SAMPLES]
     assert sampling[2]["max_abs_diff_vs_sequential"] <= 1e-5 and sampling[2]["speedup_vs_sequential"] > 0
     assert "sampling, " in res.stdout
+    # the shared-backbone rows: one batched call of one ViT gives the two calls' condition tokens
+    shared = json.loads(files[0].read_text())["presets"]["tiny"]["shared_backbone"]
+    assert len(shared) == 2 and shared[1]["max_abs_diff"] <= 1e-5 and shared[1]["speedup"] > 0
+    assert shared[0]["params_m"] > shared[1]["params_m"] and "one shared" in res.stdout
 
 
 def test_compiled_for_inference_equals_eager_and_refuses_stale_weights():

@@ -78,6 +78,16 @@ def mask_geometry(mask: torch.Tensor) -> torch.Tensor:
     return feats * present.view(n, 1)                                         # (N, 8)
 
 
+def check_shareable(head: Mapping, wrist: Mapping) -> None:
+    """Raise ``ValueError`` unless the head and wrist backbone configs describe one and the same ViT."""
+    head, wrist = dict(head), dict(wrist)
+    differ = sorted(k for k in set(head) | set(wrist) if head.get(k) != wrist.get(k))
+    if differ:
+        raise ValueError(
+            "obs_encoder.share_backbone=true needs identical head and wrist backbone configs; they differ in "
+            + ", ".join(f"{k} (head {head.get(k)!r}, wrist {wrist.get(k)!r})" for k in differ))
+
+
 def _fusion_mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
     """Linear, LayerNorm, GELU, Dropout, Linear, LayerNorm (indices 0..5 as in the reference)."""
     return nn.Sequential(
@@ -107,7 +117,7 @@ class ObsEncoder(nn.Module):
                  feature_dim: Optional[int] = None, mask_layers: int = 4, mask_heads: int = 8,
                  mask_mlp_ratio: float = 4.0, state_hidden: int = 256, dropout: float = 0.1,
                  color_jitter: Optional[Mapping] = None, feature_cache_path: Optional[str] = None,
-                 mask_geometry: bool = False) -> None:
+                 mask_geometry: bool = False, share_backbone: bool = False) -> None:
         super().__init__()
         self.shape_meta = validate_shape_meta(shape_meta, "obs_encoder.shape_meta")
         self.image_size = image_size_of(self.shape_meta)
@@ -121,12 +131,16 @@ class ObsEncoder(nn.Module):
                 frozen=cfg.get("frozen", True), depth=cfg.get("depth"),
                 embed_dim=cfg.get("embed_dim"), num_heads=cfg.get("num_heads"))
 
+        self.share_backbone = bool(share_backbone)
         self.dino_head = backbone(head)
-        self.dino_wrist = backbone(wrist)
+        if self.share_backbone:
+            check_shareable(head, wrist)
+        else:
+            self.dino_wrist = backbone(wrist)
         self.head_frozen = bool(dict(head).get("frozen", True))
         self.wrist_frozen = bool(dict(wrist).get("frozen", True))
         head_dim = self.dino_head.feature_dim
-        wrist_dim = self.dino_wrist.feature_dim
+        wrist_dim = self.wrist_backbone.feature_dim
         self.feature_dim = int(feature_dim or max(head_dim, wrist_dim))
         self.grid = self.dino_head.grid
 
@@ -154,7 +168,7 @@ class ObsEncoder(nn.Module):
         self.register_buffer("img_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("img_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         n_tok = self.grid[0] * self.grid[1]
-        wrist_tok = self.dino_wrist.grid[0] * self.dino_wrist.grid[1]
+        wrist_tok = self.wrist_backbone.grid[0] * self.wrist_backbone.grid[1]
         #: condition token counts per part: head patches, wrist patches, state
         self.part_lengths = [self.n_obs_steps * n_tok, self.n_obs_steps * wrist_tok, self.n_obs_steps]
         self.part_names = ["head", "wrist", "state"]
@@ -179,8 +193,13 @@ class ObsEncoder(nn.Module):
         if self.head_frozen:
             self.dino_head.eval()
         if self.wrist_frozen:
-            self.dino_wrist.eval()
+            self.wrist_backbone.eval()
         return self
+
+    @property
+    def wrist_backbone(self) -> nn.Module:
+        """The wrist camera's ViT: ``dino_wrist``, or ``dino_head`` itself with ``share_backbone``."""
+        return self.dino_head if self.share_backbone else self.dino_wrist
 
     @property
     def num_tokens(self) -> int:
@@ -208,7 +227,17 @@ class ObsEncoder(nn.Module):
     def wrist_rgb_tokens(self, wrist: torch.Tensor, training: bool) -> torch.Tensor:
         """wrist: (B, T, 3, H, W) -> DINOv2 tokens (B*T, n, C_wrist)."""
         x = wrist.flatten(0, 1)
-        return self._backbone(self.dino_wrist, self.wrist_frozen, self._prep_rgb(x, training))
+        return self._backbone(self.wrist_backbone, self.wrist_frozen, self._prep_rgb(x, training))
+
+    def shared_rgb_tokens(self, rgbm: torch.Tensor, wrist: torch.Tensor, training: bool):
+        """Head and wrist RGB through the one shared ViT in a single batch (``share_backbone``).
+
+        rgbm: (B, T, 4, H, W), wrist: (B, T, 3, H, W) -> (head (B*T, n, C), wrist (B*T, n, C)),
+        the same tokens as :meth:`head_rgb_tokens` and :meth:`wrist_rgb_tokens` give one by one.
+        """
+        x = torch.cat([rgbm[:, :, :3].flatten(0, 1), wrist.flatten(0, 1)])  # (2*B*T, 3, H, W)
+        tokens = self._backbone(self.dino_head, self.head_frozen, self._prep_rgb(x, training))
+        return tokens.chunk(2)
 
     def fuse_head(self, rgb_tokens: torch.Tensor, rgbm: torch.Tensor) -> torch.Tensor:
         """Fuse head RGB tokens (B*T, n, C) with the mask encoding -> (B, T*n, D)."""
@@ -229,7 +258,7 @@ class ObsEncoder(nn.Module):
         from controller.common.shape_meta import ShapeMetaError
         T_, (h, w) = self.n_obs_steps, self.image_size
         want = {"right_state": (T_, self.state_dim)}
-        for key, vit in (("head_tokens", self.dino_head), ("wrist_tokens", self.dino_wrist)):
+        for key, vit in (("head_tokens", self.dino_head), ("wrist_tokens", self.wrist_backbone)):
             if key in obs:
                 want[key] = (T_, vit.grid[0] * vit.grid[1], vit.feature_dim)
         if "wrist_tokens" not in obs:
@@ -262,14 +291,13 @@ class ObsEncoder(nn.Module):
         if self.feature_cache_path and not self._cache_verified and ("head_tokens" in obs or "wrist_tokens" in obs):
             self.verify_feature_cache(self.feature_cache_path)
             self._cache_verified = True
-        if "head_tokens" in obs:
-            head_rgb = obs["head_tokens"].flatten(0, 1)
+        if self.share_backbone and "head_tokens" not in obs and "wrist_tokens" not in obs:
+            head_rgb, wrist_rgb = self.shared_rgb_tokens(rgbm, obs["right_cam_img"], training)
         else:
-            head_rgb = self.head_rgb_tokens(rgbm, training)
-        if "wrist_tokens" in obs:
-            wrist_rgb = obs["wrist_tokens"].flatten(0, 1)
-        else:
-            wrist_rgb = self.wrist_rgb_tokens(obs["right_cam_img"], training)
+            head_rgb = (obs["head_tokens"].flatten(0, 1) if "head_tokens" in obs
+                        else self.head_rgb_tokens(rgbm, training))
+            wrist_rgb = (obs["wrist_tokens"].flatten(0, 1) if "wrist_tokens" in obs
+                         else self.wrist_rgb_tokens(obs["right_cam_img"], training))
         state = self.encode_state(obs["right_state"])        # (B, T, D)
         if self.use_mask_geometry:
             geo = mask_geometry(rgbm[:, :, -1:].flatten(0, 1))  # (B*T, 8)
