@@ -96,6 +96,10 @@ def main(argv=None) -> int:
                          "(default: controller.policy.defaults)")
     ap.add_argument("--num-samples", type=int, default=defaults.NUM_SAMPLES,
                     help="chunks denoised per observation and averaged (default: controller.policy.defaults)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch and OpenCV threads of this process (default: all cores); with several "
+                         "evaluation processes on one machine give each cores / processes, e.g. 1 and 1 on "
+                         "2 cores: oversubscribed threads made episodes ~4x slower here")
     ap.add_argument("--out", default="benchmarks/results/sim_success")
     args = ap.parse_args(argv)
     if args.merge:
@@ -105,6 +109,11 @@ def main(argv=None) -> int:
 
     import torch
     from tqdm import tqdm
+
+    if args.threads:
+        import cv2
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
 
     from controller.policy.chunk_runner import ChunkPolicy
     from inference_utils.perception import build_segmenter, build_tracker
@@ -133,6 +142,7 @@ def main(argv=None) -> int:
             row["controller"] = {"successes": s["successes"], "n": args.episodes, "rate": s["success_rate"],
                                  "wilson95": s["wilson95"], "s_per_attempt": (time.time() - t) / args.episodes,
                                  "temporal_ensemble": decay, "num_samples": n_samples,
+                                 "threads": torch.get_num_threads(),
                                  "records": [{"seed": r["seed"], "success": r["success"]} for r in s["records"]]}
         for column in [c for c in args.columns if c.startswith("hierarchy")]:
             recs = []
@@ -150,7 +160,7 @@ def main(argv=None) -> int:
                         recs.append({"seed": args.seed + i, "success": False, "error": repr(exc), "seconds": 0.0})
             k = sum(r["success"] for r in recs)
             row[column] = {"successes": k, "n": len(recs), "rate": k / len(recs), "temporal_ensemble": decay,
-                           "num_samples": n_samples,
+                           "num_samples": n_samples, "threads": torch.get_num_threads(),
                            "wilson95": list(wilson_interval(k, len(recs))),
                            "s_per_attempt": float(np.mean([r["seconds"] for r in recs])),
                            "mean_box_iou": float(np.mean([r.get("box_iou", 0.0) for r in recs])),

@@ -22,8 +22,16 @@ def test_one_episode_per_column_writes_table(tmp_path):
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
     out = tmp_path / "table"
-    assert sim_success.main(["--checkpoint", str(CKPT), "--episodes", "1", "--splits", "unseen_lighting",
-                             "--time-limit", "1.5", "--out", str(out)]) == 0
+    import cv2
+    import torch
+    threads = (torch.get_num_threads(), cv2.getNumThreads())
+    try:  # --threads sets this process's torch/OpenCV threads (as one of several evaluation processes)
+        assert sim_success.main(["--checkpoint", str(CKPT), "--episodes", "1", "--splits", "unseen_lighting",
+                                 "--time-limit", "1.5", "--threads", "1", "--out", str(out)]) == 0
+        assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+    finally:
+        torch.set_num_threads(threads[0])
+        cv2.setNumThreads(threads[1])
     report = json.loads((out / "sim_success.json").read_text())
     row = report["rows"]["unseen_lighting"]
     for column in ("controller", "hierarchy"):
@@ -34,6 +42,7 @@ def test_one_episode_per_column_writes_table(tmp_path):
     for column in ("controller", "hierarchy"):  # the deployment defaults are what is measured
         assert row[column]["num_samples"] == defaults.NUM_SAMPLES
         assert row[column]["temporal_ensemble"] == defaults.TEMPORAL_ENSEMBLE_DECAY
+        assert row[column]["threads"] == 1
     assert [r["seed"] for r in row["controller"]["records"]] == [100000]
     rec = row["hierarchy"]["records"][0]
     assert "error" not in rec, rec
