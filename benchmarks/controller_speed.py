@@ -36,7 +36,7 @@ For each preset (random weights -- nothing is downloaded) it prints and writes t
   as deployed): one sample, K samples one after another (K encodings) and K samples from one
   encoding in one batch (``sample_actions``, what ``ChunkPolicy`` does), with the batched path's
   ratio to the sequential one and the max |difference| of their means (same noise).
-* **shared backbone** (``--no-shared`` skips it): the preset with the wrist camera on the head's
+* **shared backbone** (last; ``--no-shared`` skips it, ``--skip-train --skip-inference`` runs it alone): the preset with the wrist camera on the head's
   ViT -- two backbones with equal weights called one after another, against one backbone
   (``obs_encoder.share_backbone=true``) called once on both images; encoder latency, ratio, max
   |difference| of the condition tokens and parameter count. Applies where both cameras use the
@@ -417,11 +417,16 @@ def main() -> None:
     # Training and loader rows first, for every preset: the inference rows end with the allocator
     # phase, whose process-wide setting would otherwise carry over into them.
     order = ([("train", p) for p in args.policy] if not args.skip_train else []) + \
-            ([("inference", p) for p in args.policy] if not args.skip_inference else [])
+            ([("inference", p) for p in args.policy] if not args.skip_inference else []) + \
+            ([("shared", p) for p in args.policy] if not args.no_shared else [])
     for part, preset in order:
+        entry = report["presets"].setdefault(preset, {})
+        if part == "shared":  # builds its own two encoders
+            print(f"\n== {preset} (shared backbone)", flush=True)
+            entry["shared_backbone"] = shared_backbone_rows(preset, repeats, warmup)
+            continue
         t = time.perf_counter()
         policy, cfg = build(preset)
-        entry = report["presets"].setdefault(preset, {})
         entry.update({"build_s": time.perf_counter() - t, "image_size": int(cfg.image_size),
                       "condition_tokens": policy.obs_encoder.num_tokens + 1,
                       "ddim_steps": policy.num_inference_steps})
@@ -437,9 +442,6 @@ def main() -> None:
             k = defaults.NUM_SAMPLES if args.samples is None else args.samples
             if k > 1:
                 entry["sampling"] = sampling_rows(policy, obs, k, repeats, warmup)
-            if not args.no_shared:
-                policy = None  # free the preset's model before building the two encoders
-                entry["shared_backbone"] = shared_backbone_rows(preset, repeats, warmup)
         else:
             entry["train"] = train_rows(policy, cfg, args.train_batch or TRAIN_BATCH[preset], repeats, warmup,
                                         compile_rows=not args.no_compile, bf16=not args.no_bf16)
@@ -455,7 +457,10 @@ def main() -> None:
 
 def print_report(report: dict) -> None:
     for preset, e in report["presets"].items():
-        print(f"\n### {preset} ({e['image_size']} px, {e['condition_tokens']} cond tokens, {e['ddim_steps']} steps, batch 1)")
+        if "ddim_steps" in e:
+            print(f"\n### {preset} ({e['image_size']} px, {e['condition_tokens']} cond tokens, {e['ddim_steps']} steps, batch 1)")
+        else:
+            print(f"\n### {preset}")
         if "inference" in e:
             print(f"{'path':52s} {'chunk s':>8s} {'enc s':>7s} {'diff s':>7s} {'x total':>8s} {'x diff':>7s} "
                   f"{'max|d|':>9s} {'RSS GB':>7s} {'x same-alloc':>12s}")
