@@ -361,7 +361,7 @@ def shared_backbone_rows(preset: str, repeats: int, warmup: bool) -> list:
         torch.manual_seed(0)
         cfg = compose_cfg([f"policy={preset}", "policy.obs_encoder.head.frozen=true",
                            "policy.obs_encoder.wrist=${policy.obs_encoder.head}",
-                           f"+policy.obs_encoder.share_backbone={str(share).lower()}"])
+                           f"++policy.obs_encoder.share_backbone={str(share).lower()}"])
         enc = hydra.utils.instantiate(cfg.policy.obs_encoder).eval()
         set_fused_attention(enc, True)
         encoders[share] = enc

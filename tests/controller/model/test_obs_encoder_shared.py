@@ -7,7 +7,7 @@ import torch
 from controller.model.vision.obs_encoder import check_shareable
 from tests.controller.conftest import random_obs
 
-SHARE = ["+policy.obs_encoder.share_backbone=true"]
+SHARE = ["++policy.obs_encoder.share_backbone=true"]
 
 
 def _pair(make_policy):
