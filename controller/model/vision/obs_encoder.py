@@ -111,6 +111,9 @@ class ObsEncoder(nn.Module):
             :mod:`controller.dataset.cache_features`). Refused at build time if a backbone is
             trainable; checked against these backbones (model, image size, weight hash) the first
             time cached tokens are fed (i.e. at the first training step, after any checkpoint load).
+        mask_geometry: add the mask's geometry (:func:`mask_geometry`) to the state token.
+        share_backbone: one ViT for both cameras (``dino_head``; no ``dino_wrist`` weights): the
+            head and wrist settings must be identical, and both images go through it in one batch.
     """
 
     def __init__(self, shape_meta: Mapping, head: Mapping, wrist: Mapping,
