@@ -355,6 +355,7 @@ def shared_backbone_rows(preset: str, repeats: int, warmup: bool) -> list:
     of the condition tokens and the parameter count (the shared encoder holds one ViT)."""
     import hydra
     from controller.model.diffusion.layers import set_fused_attention
+    from controller.model.vision.obs_encoder import unshared_state_dict
     from tests.controller.conftest import compose_cfg, random_obs
     encoders = {}
     for share in (False, True):
@@ -365,9 +366,7 @@ def shared_backbone_rows(preset: str, repeats: int, warmup: bool) -> list:
         enc = hydra.utils.instantiate(cfg.policy.obs_encoder).eval()
         set_fused_attention(enc, True)
         encoders[share] = enc
-    sd = encoders[True].state_dict()
-    sd.update({k.replace("dino_head.", "dino_wrist.", 1): v for k, v in sd.items() if k.startswith("dino_head.")})
-    encoders[False].load_state_dict(sd, strict=True)
+    encoders[False].load_state_dict(unshared_state_dict(encoders[True].state_dict()), strict=True)
     obs = random_obs(1, int(cfg.image_size), seed=0)
     vit = cfg.policy.obs_encoder.head.model_type
 

@@ -88,6 +88,15 @@ def check_shareable(head: Mapping, wrist: Mapping) -> None:
             + ", ".join(f"{k} (head {head.get(k)!r}, wrist {wrist.get(k)!r})" for k in differ))
 
 
+def unshared_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> dict:
+    """A ``share_backbone`` state dict for the two-backbone encoder: ``{prefix}dino_head.*`` also
+    under ``{prefix}dino_wrist.*`` (``prefix``: where the encoder sits, e.g. ``"obs_encoder."``)."""
+    head, wrist = prefix + "dino_head.", prefix + "dino_wrist."
+    out = dict(state_dict)
+    out.update({wrist + k[len(head):]: v for k, v in state_dict.items() if k.startswith(head)})
+    return out
+
+
 def _fusion_mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
     """Linear, LayerNorm, GELU, Dropout, Linear, LayerNorm (indices 0..5 as in the reference)."""
     return nn.Sequential(
@@ -135,10 +144,10 @@ class ObsEncoder(nn.Module):
                 embed_dim=cfg.get("embed_dim"), num_heads=cfg.get("num_heads"))
 
         self.share_backbone = bool(share_backbone)
-        self.dino_head = backbone(head)
         if self.share_backbone:
-            check_shareable(head, wrist)
-        else:
+            check_shareable(head, wrist)  # before building anything
+        self.dino_head = backbone(head)
+        if not self.share_backbone:
             self.dino_wrist = backbone(wrist)
         self.head_frozen = bool(dict(head).get("frozen", True))
         self.wrist_frozen = bool(dict(wrist).get("frozen", True))

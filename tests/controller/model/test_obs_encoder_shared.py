@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from controller.model.vision.obs_encoder import check_shareable
+from controller.model.vision.obs_encoder import check_shareable, unshared_state_dict
 from tests.controller.conftest import random_obs
 
 SHARE = ["++policy.obs_encoder.share_backbone=true"]
@@ -14,10 +14,7 @@ def _pair(make_policy):
     """A shared-backbone policy and a two-backbone one holding the same weights in both ViTs."""
     shared, cfg = make_policy("tiny", SHARE)
     separate, _ = make_policy("tiny")
-    sd = shared.state_dict()
-    sd.update({k.replace("obs_encoder.dino_head.", "obs_encoder.dino_wrist."): v
-               for k, v in sd.items() if k.startswith("obs_encoder.dino_head.")})
-    separate.load_state_dict(sd, strict=True)
+    separate.load_state_dict(unshared_state_dict(shared.state_dict(), "obs_encoder."), strict=True)
     return shared.eval(), separate.eval(), cfg
 
 
