@@ -74,12 +74,12 @@ def peak_rss_gb() -> float:
 
 def build(preset: str, overrides=()):
     """Policy with random weights and a fitted normaliser, in eval mode."""
-    import hydra
+    from controller.common.registry import instantiate
     from tests.controller.conftest import compose_cfg, fitted_normalizer
     torch.manual_seed(0)
     cfg = compose_cfg([f"policy={preset}", "policy.obs_encoder.head.frozen=true",
                        "policy.obs_encoder.wrist.frozen=true", *overrides])
-    policy = hydra.utils.instantiate(cfg.policy)
+    policy = instantiate(cfg.policy, trusted=True)
     policy.set_normalizer(fitted_normalizer())
     return policy.eval(), cfg
 
@@ -292,18 +292,18 @@ def train_rows(policy, cfg, batch_size: int, repeats: int, warmup: bool, compile
 # ---------------------------------------------------------------------------- loader
 def loader_rows(policy, cfg, n: int = 16):
     """ms per sample: images read + resized vs feature-cache tokens of this preset's shape."""
-    import hydra
+    from controller.common.registry import instantiate
     from controller.dataset.cache_features import _create_or_check
     from tests.controller.dataset.factories import make_grasp_zarr
     tmp = tempfile.mkdtemp(prefix="controller_speed_")
     data = make_grasp_zarr(os.path.join(tmp, "d.zarr"), episode_lengths=(n,), hw=(480, 640))
-    ds = hydra.utils.instantiate(cfg.task.dataset, dataset_paths=[data], feature_cache_path=None)
+    ds = instantiate(cfg.task.dataset, trusted=True, dataset_paths=[data], feature_cache_path=None)
     root = _create_or_check(os.path.join(tmp, "f.zarr"), policy.obs_encoder, ds, 0, "float16", 8, 0)
     g = root["store_0"]
     for key in ("head_tokens", "wrist_tokens"):
         g[key][...] = np.random.default_rng(0).standard_normal(g[key].shape).astype(np.float16)
     g["done"][...] = 1
-    ds_c = hydra.utils.instantiate(cfg.task.dataset, dataset_paths=[data], feature_cache_path=os.path.join(tmp, "f.zarr"))
+    ds_c = instantiate(cfg.task.dataset, trusted=True, dataset_paths=[data], feature_cache_path=os.path.join(tmp, "f.zarr"))
     out = []
     for name, d in (("images 480x640 -> resize", ds), ("feature cache", ds_c)):
         d[0]
@@ -353,7 +353,7 @@ def shared_backbone_rows(preset: str, repeats: int, warmup: bool) -> list:
     """Both cameras through the head's ViT: two calls of batch 1 (two backbones with equal weights)
     against one batched call (``obs_encoder.share_backbone=true``); encoder latency, max |difference|
     of the condition tokens and the parameter count (the shared encoder holds one ViT)."""
-    import hydra
+    from controller.common.registry import instantiate
     from controller.model.diffusion.layers import set_fused_attention
     from controller.model.vision.obs_encoder import unshared_state_dict
     from tests.controller.conftest import compose_cfg, random_obs
@@ -363,7 +363,7 @@ def shared_backbone_rows(preset: str, repeats: int, warmup: bool) -> list:
         cfg = compose_cfg([f"policy={preset}", "policy.obs_encoder.head.frozen=true",
                            "policy.obs_encoder.wrist=${policy.obs_encoder.head}",
                            f"++policy.obs_encoder.share_backbone={str(share).lower()}"])
-        enc = hydra.utils.instantiate(cfg.policy.obs_encoder).eval()
+        enc = instantiate(cfg.policy.obs_encoder, trusted=True).eval()
         set_fused_attention(enc, True)
         encoders[share] = enc
     encoders[False].load_state_dict(unshared_state_dict(encoders[True].state_dict()), strict=True)

@@ -7,7 +7,11 @@ Usage::
 A training checkpoint holds the raw weights, the EMA weights, the optimiser/RNG state and the
 config. The export keeps what deployment needs: one ``model.safetensors`` (the EMA weights merged
 in by default, ``--no-ema`` keeps the raw ones), ``config.yaml``, ``normalizer.json`` and a
-``meta.json`` that records the source, the weights used and a SHA-256 of the weight file. The
+``meta.json`` that records the source, the weights used and the SHA-256 of each of the three
+files (``meta["sha256"]``; :func:`controller.policy.loading.load_policy` checks them, so a
+checkpoint whose weights, config or normaliser were edited after export is refused). The source
+config is checked before anything is written: a ``_target_`` that is not a registered class, a
+code key (``_args_``, ``_partial_``, ``_call_``...) or a resolver interpolation fails the export. The
 exported ``config.yaml`` is the run's config with ``training.resume`` switched off (a deployment
 checkpoint has no optimiser state to resume from; fine-tune from it with
 ``policy.start_ckpt_path``). The
@@ -18,7 +22,6 @@ file would exceed a size budget (the repository ships checkpoints of at most 50 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -27,18 +30,18 @@ import time
 from typing import Any, Dict, Optional
 
 from omegaconf import OmegaConf
+
+from controller.common.registry import UnsafeConfigError, check_config
+from controller.policy.loading import check_targets
+from controller.workspace.integrity import file_sha256
 from safetensors.torch import load_file, save_file
 
 from controller.workspace.checkpoint import (CONFIG_FILE, EMA_FILE, FORMAT, META_FILE, MODEL_FILE, NORMALIZER_FILE,
                                              CheckpointError, atomic_write_dir, read_meta, resolve_checkpoint_dir)
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+#: The files whose SHA-256 an exported checkpoint records in ``meta.json["sha256"]``.
+HASHED_FILES = (MODEL_FILE, CONFIG_FILE, NORMALIZER_FILE)
 
 
 def export_checkpoint(src: str, dst: str, use_ema: bool = True, max_mb: Optional[float] = None,
@@ -75,7 +78,18 @@ def export_checkpoint(src: str, dst: str, use_ema: bool = True, max_mb: Optional
     if note:
         meta["note"] = note
 
-    cfg = OmegaConf.load(os.path.join(src, CONFIG_FILE))
+    cfg_path = os.path.join(src, CONFIG_FILE)
+    try:
+        cfg = OmegaConf.load(cfg_path)
+    except Exception as exc:  # noqa: BLE001 - yaml/omegaconf raise many kinds
+        raise CheckpointError(f"'{cfg_path}' is not a readable config: {exc}") from exc
+    if "policy" not in cfg:
+        raise CheckpointError(f"'{cfg_path}' has no 'policy' section")
+    try:  # the whole file may name registered classes only; its policy section policy parts only
+        check_config(cfg, where=CONFIG_FILE)
+    except UnsafeConfigError as exc:
+        raise CheckpointError(f"refusing to export '{src}': {exc}") from exc
+    check_targets(cfg.policy, where=f"{CONFIG_FILE}: policy")
     if OmegaConf.select(cfg, "training") is not None:  # no optimiser state ships: nothing to resume
         OmegaConf.update(cfg, "training.resume", False, force_add=True)
         OmegaConf.update(cfg, "training.resume_from", None, force_add=True)
@@ -84,7 +98,8 @@ def export_checkpoint(src: str, dst: str, use_ema: bool = True, max_mb: Optional
         save_file(weights, os.path.join(tmp, MODEL_FILE), metadata={"format": FORMAT})
         OmegaConf.save(cfg, os.path.join(tmp, CONFIG_FILE))
         shutil.copyfile(os.path.join(src, NORMALIZER_FILE), os.path.join(tmp, NORMALIZER_FILE))
-        meta["model_sha256"] = _sha256(os.path.join(tmp, MODEL_FILE))
+        meta["sha256"] = {name: file_sha256(os.path.join(tmp, name)) for name in HASHED_FILES}
+        meta["model_sha256"] = meta["sha256"][MODEL_FILE]  # kept for readers of the older field
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=2, default=str)
 

@@ -254,8 +254,9 @@ class FeatureCacheReader:
 # ---------------------------------------------------------------------------- CLI
 def main(argv: Optional[Sequence[str]] = None) -> str:
     """``python -m controller.dataset.cache_features [hydra overrides]`` (see module docstring)."""
-    import hydra
     from hydra import compose, initialize_config_dir
+
+    from controller.common.registry import instantiate
     from omegaconf import OmegaConf
 
     overrides = list(sys.argv[1:] if argv is None else argv)
@@ -265,9 +266,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     fc = cfg.feature_cache
     OmegaConf.update(cfg, "feature_cache.path", None)  # build the plain dataset and encoder
     torch.manual_seed(int(cfg.training.seed))          # as the workspace does before building the policy
-    encoder = hydra.utils.instantiate(cfg.policy.obs_encoder)
+    encoder = instantiate(cfg.policy.obs_encoder, ("policy",), where="policy.obs_encoder", trusted=True)
     require_frozen(encoder)
-    dataset = hydra.utils.instantiate(cfg.task.dataset)
+    dataset = instantiate(cfg.task.dataset, ("dataset",), where="task.dataset", trusted=True)
     out = fc.out or f"{str(dataset.dataset_paths[0]).rstrip('/')}.features.zarr"
     build_cache(encoder, dataset, out, jitter_copies=int(fc.jitter_copies), dtype=str(fc.dtype),
                 batch_size=int(fc.batch_size), seed=int(cfg.training.seed), device=fc.get("device"))

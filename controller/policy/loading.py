@@ -1,9 +1,10 @@
 """Build a policy from a checkpoint directory safely.
 
-The checkpoint's ``config.yaml`` is instantiated with Hydra, but only after checking that every
-``_target_`` in the policy config lies in an allow-listed namespace (our ``controller`` package
-and ``diffusers`` schedulers), so a tampered config cannot run arbitrary callables. Weights load
-from safetensors; nothing is unpickled.
+A checkpoint's ``config.yaml`` is data from a file, so it is never handed to Hydra's
+``instantiate`` (which imports and calls any dotted path). The ``policy:`` section is built by
+:func:`controller.common.registry.instantiate`: every ``_target_`` must be an exact, registered
+*policy* class; ``_args_``/``_partial_``/``_call_``/``_recursive_``/``_convert_`` and resolver
+interpolations are refused. Weights load from safetensors; nothing is unpickled.
 """
 from __future__ import annotations
 
@@ -12,50 +13,53 @@ import os
 from typing import Any, Tuple
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
+
+from controller.common.registry import UnsafeConfigError, check_config, instantiate
 
 from controller.workspace.checkpoint import (BACKBONE_PREFIXES, CONFIG_FILE, MODEL_FILE, CheckpointError,
                                              load_policy_weights, resolve_checkpoint_dir)
+from controller.workspace.integrity import verify_hashes
 
 logger = logging.getLogger(__name__)
 
-SAFE_TARGET_PREFIXES = ("controller.", "diffusers.")
+POLICY_KINDS = ("policy",)
 
 
 def check_targets(node: Any, where: str = "policy") -> None:
-    """Raise if any ``_target_`` below ``node`` is outside the allow-listed namespaces."""
-    if isinstance(node, (DictConfig, dict)):
-        for k, v in node.items():
-            if k == "_target_" and not str(v).startswith(SAFE_TARGET_PREFIXES):
-                raise CheckpointError(f"{where}._target_ = '{v}' is not allowed when loading a checkpoint "
-                                      f"(allowed prefixes: {SAFE_TARGET_PREFIXES})")
-            check_targets(v, f"{where}.{k}")
-    elif isinstance(node, (ListConfig, list)):
-        for i, v in enumerate(node):
-            check_targets(v, f"{where}[{i}]")
+    """Raise :class:`CheckpointError` if ``node`` (a checkpoint's policy config) would build anything
+    but registered policy classes, or uses a key or interpolation treated as code."""
+    try:
+        check_config(node, POLICY_KINDS, where=where, allow_resolvers=False)
+    except UnsafeConfigError as exc:
+        raise CheckpointError(f"refusing to load this checkpoint's config: {exc}") from exc
 
 
-def build_policy(policy_cfg: Any, skip_backbone_weights: bool = True) -> torch.nn.Module:
-    """Instantiate a policy config; by default frozen-backbone weight files are not read
-    (the checkpoint holds those weights)."""
-    import hydra
-
+def build_policy(policy_cfg: Any, skip_backbone_weights: bool = True, where: str = "policy") -> torch.nn.Module:
+    """Build a policy from an untrusted config (a checkpoint's); by default frozen-backbone
+    weight files are not read (the checkpoint holds those weights)."""
+    check_targets(policy_cfg, where)
     cfg = OmegaConf.create(OmegaConf.to_container(policy_cfg, resolve=True))
-    check_targets(cfg)
     if skip_backbone_weights:
         for part in ("head", "wrist"):
             node = cfg.get("obs_encoder", {}).get(part)
             if node is not None and "local_weights_path" in node:
                 node.local_weights_path = None
-    return hydra.utils.instantiate(cfg, _convert_="partial")
+    try:
+        return instantiate(cfg, POLICY_KINDS, where=where)
+    except UnsafeConfigError as exc:
+        raise CheckpointError(f"refusing to load this checkpoint's config: {exc}") from exc
 
 
 def load_config(ckpt_dir: str) -> DictConfig:
     path = os.path.join(resolve_checkpoint_dir(ckpt_dir), CONFIG_FILE)
     if not os.path.isfile(path):
         raise CheckpointError(f"'{path}' is missing: a checkpoint needs its config to rebuild the policy")
-    cfg = OmegaConf.load(path)
-    if "policy" not in cfg:
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # noqa: BLE001 - yaml/omegaconf raise many kinds
+        raise CheckpointError(f"'{path}' is not a readable config: {exc}") from exc
+    if not isinstance(cfg, DictConfig) or "policy" not in cfg:
         raise CheckpointError(f"'{path}' has no 'policy' section")
     return cfg
 
@@ -64,15 +68,19 @@ def load_policy(ckpt_dir: str, device: str | torch.device = "cpu", use_ema: bool
                 ) -> Tuple[torch.nn.Module, DictConfig]:
     """Rebuild the policy of a checkpoint and load its weights (EMA ones when present and asked).
 
+    Exported checkpoints are first checked against the SHA-256s in their ``meta.json``; the
+    config's ``policy:`` section may build registered policy classes only (see module docstring).
+
     Returns ``(policy in eval mode on device, config)``.
     """
     from safetensors import safe_open
 
     ckpt_dir = resolve_checkpoint_dir(ckpt_dir)
+    verify_hashes(ckpt_dir)  # exported checkpoints: weights, config and normaliser as exported
     cfg = load_config(ckpt_dir)
     with safe_open(os.path.join(ckpt_dir, MODEL_FILE), framework="pt") as f:
         has_backbones = any(k.startswith(BACKBONE_PREFIXES) for k in f.keys())
-    policy = build_policy(cfg.policy, skip_backbone_weights=has_backbones)
+    policy = build_policy(cfg.policy, skip_backbone_weights=has_backbones, where=f"{CONFIG_FILE}: policy")
     load_policy_weights(policy, ckpt_dir, use_ema=use_ema, allow_missing_backbones=not has_backbones)
     policy.to(device).eval()
     logger.info("loaded policy from %s (%d trainable parameters)", ckpt_dir,

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from controller.common.json_logger import JsonLogger
+from controller.common.registry import instantiate
 from controller.common.pytorch_util import to_device
 from controller.common.samplers import EpochShuffleSampler
 from controller.workspace import checkpoint as ckpt_lib
@@ -70,11 +71,10 @@ class TrainDexGraspVLAControllerWorkspace:
         return torch.utils.data.DataLoader(dataset, **kwargs), sampler
 
     def _build(self, acc) -> None:
-        import hydra
         from diffusers.optimization import get_scheduler
 
         cfg = self.cfg
-        self.dataset = hydra.utils.instantiate(cfg.task.dataset)
+        self.dataset = instantiate(cfg.task.dataset, ("dataset",), where="task.dataset", trusted=True)
         if len(self.dataset) == 0:
             raise ValueError(f"task.dataset has no training samples (paths: {list(cfg.task.dataset_paths)})")
         self.val_dataset = self.dataset.get_validation_dataset()
@@ -84,7 +84,7 @@ class TrainDexGraspVLAControllerWorkspace:
         if len(self.val_dataset) > 0:
             self.val_loader, _ = self._make_loader(self.val_dataset, cfg.val_dataloader, False,
                                                    int(cfg.training.seed), acc)
-        self.policy = hydra.utils.instantiate(cfg.policy)
+        self.policy = instantiate(cfg.policy, ("policy",), where="policy", trusted=True)
         self.policy.set_normalizer(self.dataset.get_normalizer())
         if cfg.policy.get("start_ckpt_path"):
             info = ckpt_lib.load_policy_weights(self.policy, cfg.policy.start_ckpt_path, use_ema=True,
@@ -220,8 +220,8 @@ class TrainDexGraspVLAControllerWorkspace:
             jlog.start(max_step=self.global_step if self.global_step > 0 else None)
         env_runner = None
         if cfg.task.get("env_runner") and acc.is_main_process:
-            import hydra
-            env_runner = hydra.utils.instantiate(cfg.task.env_runner, output_dir=self.output_dir)
+            env_runner = instantiate(cfg.task.env_runner, ("env_runner",), where="task.env_runner", trusted=True,
+                                     output_dir=self.output_dir)
         metrics: Dict[str, float] = {}
         stop_at = int(tcfg.num_epochs)
         if tcfg.get("epochs_per_run"):  # time-limited cluster jobs: stop early, resume later
