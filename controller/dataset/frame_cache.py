@@ -75,7 +75,8 @@ class FrameCache:
             self._maps, self._pid = {}, os.getpid()
         if (b, key) not in self._maps:
             data_p, ready_p, _ = self._files[(b, key)]
-            self._maps[(b, key)] = (np.load(data_p, mmap_mode="r+"), np.load(ready_p, mmap_mode="r+"))
+            self._maps[(b, key)] = (np.load(data_p, mmap_mode="r+", allow_pickle=False),
+                                    np.load(ready_p, mmap_mode="r+", allow_pickle=False))
         return self._maps[(b, key)]
 
     def get(self, b: int, key: str, step: int) -> np.ndarray:

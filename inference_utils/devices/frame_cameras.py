@@ -92,9 +92,9 @@ class FrameSequenceCamera(Camera):
     def _load(self) -> np.ndarray:
         path = os.fspath(self._source)
         if path.endswith(".npy"):
-            return self._validate(np.load(path))
+            return self._validate(np.load(path, allow_pickle=False))
         if path.endswith(".npz"):
-            with np.load(path) as data:
+            with np.load(path, allow_pickle=False) as data:
                 key = self._key or data.files[0]
                 if key not in data.files:
                     raise DeviceConfigError(f"key: {key!r} not in {path} (has {data.files})")
