@@ -16,11 +16,15 @@ acknowledged with ``receive_state`` and finished with ``current_trajectory_state
 joint limits, is rejected and counted in :attr:`violations`), ``get_joint_degree``,
 ``get_current_arm_state`` (pose from a simple RM75-like forward kinematics) and
 ``clear_system_err``. Every received message is logged (:meth:`received`, :meth:`canfd_frames`).
+
+It binds 127.0.0.1 unless told otherwise. A message line longer than :data:`MAX_LINE_BYTES`
+(64 KiB) without a newline closes that client's connection (logged); the emulator keeps serving.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import socket
 import socketserver
 import threading
@@ -33,6 +37,10 @@ from scipy.spatial.transform import Rotation
 from inference_utils.devices import realman_protocol as proto
 from inference_utils.robot_spec import ARM_LOWER, ARM_UPPER
 from inference_utils.stop_signals import install_stop_handlers
+
+LOG = logging.getLogger(__name__)
+# Longest message (one JSON line) a client may send; a longer line drops the connection.
+MAX_LINE_BYTES = 64 * 1024
 
 # Simple 7-DoF chain: joint axes alternate z, y; link offsets along the local z axis (m).
 _AXES = "zyzyzyz"
@@ -64,8 +72,16 @@ class _Handler(socketserver.StreamRequestHandler):
                 except OSError:
                     pass
 
+        limit = self.server.max_line_bytes
         try:
-            for raw in self.rfile:
+            while True:
+                raw = self.rfile.readline(limit + 1)  # never buffers more than one capped line
+                if not raw:
+                    break
+                if len(raw) > limit and not raw.endswith(b"\n"):
+                    LOG.warning("arm emulator: message from %s longer than %d bytes without a newline; "
+                                "dropping the connection", self.client_address, limit)
+                    break
                 raw = raw.strip()
                 if not raw:
                     continue
@@ -84,6 +100,7 @@ class _Handler(socketserver.StreamRequestHandler):
 class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    max_line_bytes = MAX_LINE_BYTES
     emulator: "ArmEmulator"
 
 
