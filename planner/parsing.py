@@ -3,8 +3,11 @@
 * JSON may be fenced (```json ... ```) or bare, possibly with text around it; broken JSON
   (single quotes, trailing commas, unquoted keys, a missing brace) is repaired with
   ``json-repair``.
-* Booleans come only from an explicit verdict: the JSON key the prompt asked for, or a final
-  line such as ``Verdict: False``. Text is never searched for the word "true".
+* Booleans come only from an explicit verdict, read by ONE function, ``parse_verdict``: the
+  JSON key the prompt asked for, a final line such as ``Verdict: False``, or a reply that is
+  nothing but the verdict word (``Yes.``, ``**No**``). Text is never searched for the word
+  "true"; an ambiguous or contradictory reply raises ``ReplyParseError`` (the client asks
+  again) and never silently becomes ``False``.
 * Boxes are converted to absolute pixels, checked, clamped to the image; boxes clearly outside
   the image and degenerate boxes are rejected.
 
@@ -28,13 +31,14 @@ class ReplyParseError(ValueError):
 
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\n?(.*?)```", re.DOTALL)
-_VERDICT_LINE = re.compile(
-    r"^\W*(?:final\s+)?(?:verdict|answer|result|success|done|completed?)\W*[:=]\s*\**\s*"
-    r"(true|false|yes|no)\b\W*$",
-    re.IGNORECASE,
-)
-_TRUE_WORDS = {"true", "yes"}
-_FALSE_WORDS = {"false", "no"}
+# Markdown emphasis, code ticks and quotes that may wrap a verdict word or label.
+_WRAP = "\\s*_`\"'\u201c\u201d\u2018\u2019"
+# A verdict word alone: "yes", "Yes.", "**No**", "`true`", "'FALSE'!" (not "yes?", "yes, but").
+_VERDICT_TOKEN = re.compile(rf"^[{_WRAP}]*(true|false|yes|no)[{_WRAP}]*[.!]*[{_WRAP}]*$", re.IGNORECASE)
+# Labels accepted on a final verdict line besides the verdict's own key ("Verdict: yes",
+# "success: no"); another task's key is not one of them ("done: yes" is no grasp verdict).
+_VERDICT_LABELS = ("verdict", "answer", "result", "decision", "conclusion")
+_VERDICT_WORDS = {"true": True, "yes": True, "false": False, "no": False}
 
 
 def extract_json(text: str) -> Any:
@@ -90,41 +94,73 @@ def extract_object(text: str, required: Sequence[str] = ()) -> dict[str, Any]:
     raise ReplyParseError(f"the reply's JSON lacks required key(s) {missing}")
 
 
-def _as_bool(value: Any) -> Optional[bool]:
+def _verdict_token(value: Any) -> Optional[bool]:
+    """``True``/``False`` for a JSON boolean or a lone verdict word, ``None`` for anything else.
+
+    Accepted words: yes/no/true/false in any case, wrapped in markdown emphasis, backticks or
+    quotes, optionally followed by ``.`` or ``!``. Numbers, ``null``, "maybe", "yes?" and words
+    with more text around them are not verdicts.
+    """
     if isinstance(value, bool):
         return value
     if isinstance(value, str):
-        word = value.strip().strip(".!").lower()
-        if word in _TRUE_WORDS:
-            return True
-        if word in _FALSE_WORDS:
-            return False
+        match = _VERDICT_TOKEN.match(value.strip())
+        if match:
+            return _VERDICT_WORDS[match.group(1).lower()]
     return None
 
 
-def parse_verdict(text: str, key: str) -> tuple[bool, dict[str, Any]]:
-    """Read an explicit boolean verdict.
+def _verdict_line(line: str, key: str) -> Optional[bool]:
+    """The verdict of a line such as ``Verdict: yes`` / ``**Final answer:** No.`` / ``- done = true``."""
+    labels = "|".join(_VERDICT_LABELS + (re.escape(key), re.escape(key).replace("_", r"[\s_]")))
+    match = re.match(
+        rf"^[\s>#*_`\-]*(?:final\s+)?(?:{labels})[{_WRAP}]*[:=](?P<word>.+)$", line.strip(), re.IGNORECASE
+    )
+    return _verdict_token(match.group("word")) if match else None
 
-    Order: the JSON key ``key`` (a bool or the strings true/false/yes/no); otherwise the last
-    non-empty line if it is a verdict line such as ``Verdict: True`` / ``done: no``.
-    Returns ``(verdict, json_object_or_empty)``; raises ``ReplyParseError`` when there is none.
+
+def parse_verdict(text: str, key: str) -> tuple[bool, dict[str, Any]]:
+    """Read an explicit boolean verdict -- the one verdict parser of the planner.
+
+    Sources, all of which must agree when several are present:
+
+    1. the JSON key ``key``: a JSON boolean, or a string such as ``"yes"``/``"False."``;
+    2. the last non-empty line, when it is a verdict line (``Verdict: True``,
+       ``**Final answer:** Yes.``, ``<key>: false`` such as ``done: no`` for ``key="done"``);
+    3. when neither is present, a reply that is nothing but a verdict word (``Yes.``, ``**No**``).
+
+    Returns ``(verdict, json_object_or_empty)``. Raises ``ReplyParseError`` when there is no
+    verdict, when the key holds something else (``"maybe"``, ``1``, ``null``) or when the JSON
+    key and the final line contradict each other. Never guesses, never defaults to ``False``.
     """
     obj: dict[str, Any] = {}
     try:
         obj = extract_object(text)
     except ReplyParseError:
         obj = {}
+    found: list[tuple[str, bool]] = []
     if key in obj:
-        verdict = _as_bool(obj[key])
+        verdict = _verdict_token(obj[key])
         if verdict is None:
             raise ReplyParseError(f"verdict key {key!r} is {obj[key]!r}, not a boolean")
-        return verdict, obj
+        found.append((f"JSON key {key!r}", verdict))
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     if lines:
-        match = _VERDICT_LINE.match(lines[-1])
-        if match:
-            return match.group(1).lower() in _TRUE_WORDS, obj
-    raise ReplyParseError(f"no explicit verdict: expected JSON key {key!r} or a final 'Verdict: true/false' line")
+        verdict = _verdict_line(lines[-1], key)
+        if verdict is not None:
+            found.append(("the final line", verdict))
+    if not found:
+        verdict = _verdict_token(text or "")
+        if verdict is not None:
+            found.append(("the whole reply", verdict))
+    if not found:
+        raise ReplyParseError(
+            f"no explicit verdict: expected JSON key {key!r}, a final 'Verdict: true/false' line or a bare yes/no"
+        )
+    if len({verdict for _, verdict in found}) > 1:
+        detail = ", ".join(f"{where} says {verdict}" for where, verdict in found)
+        raise ReplyParseError(f"contradictory verdicts: {detail}")
+    return found[0][1], obj
 
 
 def _number(value: Any) -> float:

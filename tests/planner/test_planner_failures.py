@@ -57,7 +57,8 @@ def test_http_500_exhausts_retries(misbehaving, make_planner, tmp_path):
         planner.verify_grasp("grasp the red cube", IMG, IMG)
     assert state.calls == 3
     record = planner.logger.read()[-1]
-    assert record["error"] and record["attempts"] == 0 or record["error"]
+    assert record["error"] and record["attempts"] == 3  # first try = attempt 1, then 2 retries
+    assert planner.last_attempts == 3
 
 
 def test_timeout_retried_then_planner_error(misbehaving, make_planner):
@@ -65,17 +66,19 @@ def test_timeout_retried_then_planner_error(misbehaving, make_planner):
     state.mode, state.sleep_s = "sleep", 3.0
     planner = make_planner(url, timeout=0.5, max_retries=1)
     planner._model = "bad-model"
-    with pytest.raises(PlannerError, match="APITimeoutError"):
+    with pytest.raises(PlannerError, match="timed out") as err:
         planner.check_completion("clear the table", IMG, IMG)
     assert state.calls == 2
+    assert err.value.kind == "timeout" and err.value.attempts == 2
 
 
 def test_connection_refused_is_planner_error(make_planner):
     from planner.server.background import free_port
 
     planner = make_planner(f"http://127.0.0.1:{free_port()}/v1", max_retries=1, model_name="m")
-    with pytest.raises(PlannerError, match="APIConnectionError"):
+    with pytest.raises(PlannerError, match="connection failed") as err:
         planner.predict_bbox("grasp", IMG)
+    assert err.value.kind == "connection" and err.value.status is None and err.value.attempts == 2
 
 
 def test_api_key_from_environment(misbehaving, make_planner, monkeypatch):
