@@ -19,12 +19,7 @@ def build_planner(cfg: Mapping[str, Any], episode_dir: Path) -> Any:
     """
     from planner import DexGraspVLAPlanner  # noqa: PLC0415
 
-    planner = DexGraspVLAPlanner(
-        base_url=str(cfg["base_url"]), model_name=cfg.get("model_name"), api_key=cfg.get("api_key"),
-        timeout=float(cfg.get("timeout_s", 60.0)), max_retries=int(cfg.get("max_retries", 3)),
-        bbox_format=str(cfg.get("bbox_format", "absolute")), backoff_s=float(cfg.get("backoff_s", 1.0)),
-        episode_dir=episode_dir,
-    )
+    planner = DexGraspVLAPlanner.from_config(cfg, episode_dir=episode_dir)  # keys: from_config's docstring
     _ = planner.model_name
     return planner
 
