@@ -1,7 +1,8 @@
 """Error type and naming constants shared by the zarr data layer.
 
-Every problem found in a dataset is raised as :class:`DatasetError` with a message that names the
-store path, the key inside it, and what was expected, e.g.::
+Every problem found in a dataset is raised as :class:`DatasetError` (:class:`ChunkError` for a
+missing, truncated or undecodable chunk) with a message that names the store path, the key inside
+it, and what was expected, e.g.::
 
     data/sim.zarr: key 'data/rgbm' has shape (100, 480, 640, 3); expected (K, H, W, 4)
 """
@@ -22,3 +23,19 @@ DEFAULT_KEYS: tuple[str, ...] = ("right_cam_img", "rgbm", "right_state", "action
 DATA_GROUP = "data"
 META_GROUP = "meta"
 EPISODE_ENDS_KEY = "meta/episode_ends"
+
+
+class ChunkError(DatasetError):
+    """One chunk of a zarr array is missing, truncated or undecodable.
+
+    Attributes:
+        array: the array's key inside the store, e.g. ``'data/rgbm'``.
+        chunk: the chunk's grid coordinates joined by dots, e.g. ``'3.0.0.0'``.
+        file: where the chunk's bytes live (a file path, or ``'<store>.zip::<key>'``).
+        kind: short name of the problem: ``'missing'``, ``'empty'``, ``'truncated'``,
+            ``'too large'``, ``'bad header'``, ``'trailing bytes'`` or ``'undecodable'``.
+    """
+
+    def __init__(self, message: str, array: str = "", chunk: str = "", file: str = "", kind: str = ""):
+        super().__init__(message)
+        self.array, self.chunk, self.file, self.kind = array, chunk, file, kind

@@ -77,6 +77,10 @@ class GraspDataset(Dataset):
             :mod:`controller.dataset.frame_cache`); None reads and resizes every time. Unused with
             ``feature_cache_path``.
         feature_cache_path: optional backbone-token cache (see module docstring); None loads images.
+        verify_chunks: at start-up, stat every chunk file of the arrays used (no decoding; cheap)
+            and raise :class:`~controller.dataset.errors.ChunkError` naming the array, chunk and
+            file if one is missing (zarr would train on it as zeros) or empty/implausibly sized.
+            False skips the check. Decode errors during training are named either way.
     """
 
     def __init__(self, dataset_paths: Any, shape_meta: Mapping, horizon: Optional[int] = None,
@@ -84,7 +88,7 @@ class GraspDataset(Dataset):
                  max_train_episodes: Optional[int] = None, pad_action: bool = True,
                  image_keys: Sequence[str] = ("rgbm", "right_cam_img"),
                  lowdim_keys: Sequence[str] = ("right_state",), cache_dir: Optional[str] = None,
-                 feature_cache_path: Optional[str] = None):
+                 feature_cache_path: Optional[str] = None, verify_chunks: bool = True):
         super().__init__()
         self.shape_meta = validate_shape_meta(shape_meta, where="GraspDataset.shape_meta")
         obs_meta, act_meta = self.shape_meta["obs"], self.shape_meta["action"]
@@ -116,7 +120,9 @@ class GraspDataset(Dataset):
         dims["action"] = self.action_dim
         self.feature_cache_path = str(feature_cache_path) if feature_cache_path else None
         keys = ([] if self.feature_cache_path else self.image_keys) + self.lowdim_keys + ["action"]
-        self.replay_buffers = [ZarrReplayBuffer.open(p, keys=keys, low_dim_dims=dims)
+        self.verify_chunks = bool(verify_chunks)
+        self.replay_buffers = [ZarrReplayBuffer.open(p, keys=keys, low_dim_dims=dims,
+                                                     verify_chunks=self.verify_chunks)
                                for p in self.dataset_paths]
 
         # episode-level split over all stores together

@@ -164,9 +164,14 @@ class ZarrEpisodeWriter:
                                    fill_value=0, **kw)
 
     def _append_data(self, eps: Mapping[str, np.ndarray], start: int) -> None:
-        """Grow every data array and write the episode's steps at ``[start, start + T)``."""
+        """Grow every data array and write the episode's steps at ``[start, start + T)``.
+
+        Chunks equal to the fill value (e.g. an all-black frame with an empty mask) are written
+        too, so every chunk of a complete store exists on disk and a missing chunk file always
+        means damage (see ``python -m controller.dataset.inspect --verify``).
+        """
         for k, v in eps.items():
-            arr = self.data[k]
+            arr = self.data[k].with_config({"write_empty_chunks": True})
             arr.resize((start + v.shape[0],) + v.shape[1:])
             arr[start:start + v.shape[0]] = v
 
