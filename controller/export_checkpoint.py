@@ -34,10 +34,11 @@ from omegaconf import OmegaConf
 from controller.common.registry import UnsafeConfigError, check_config
 from controller.policy.loading import check_targets
 from controller.workspace.integrity import file_sha256
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from controller.workspace.checkpoint import (CONFIG_FILE, EMA_FILE, FORMAT, META_FILE, MODEL_FILE, NORMALIZER_FILE,
-                                             CheckpointError, atomic_write_dir, read_meta, resolve_checkpoint_dir)
+                                             CheckpointError, atomic_write_dir, read_meta, read_safetensors,
+                                             resolve_checkpoint_dir)
 
 
 #: The files whose SHA-256 an exported checkpoint records in ``meta.json["sha256"]``.
@@ -54,14 +55,14 @@ def export_checkpoint(src: str, dst: str, use_ema: bool = True, max_mb: Optional
     for name in (CONFIG_FILE, NORMALIZER_FILE):
         if not os.path.isfile(os.path.join(src, name)):
             raise CheckpointError(f"'{os.path.join(src, name)}' is missing: cannot export '{src}'")
-    weights = load_file(model_path)
+    weights = read_safetensors(model_path)
     ema_path = os.path.join(src, EMA_FILE)
     merged = 0
     if use_ema:
         if not os.path.isfile(ema_path):
             raise CheckpointError(f"'{ema_path}' is missing: the run was trained without EMA "
                                   f"(export with --no-ema to ship the raw weights)")
-        ema = load_file(ema_path)
+        ema = read_safetensors(ema_path)
         unknown = sorted(set(ema) - set(weights))
         if unknown:
             raise CheckpointError(f"'{ema_path}' has keys the model lacks: {', '.join(unknown[:5])}")

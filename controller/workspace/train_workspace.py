@@ -213,6 +213,8 @@ class TrainDexGraspVLAControllerWorkspace:
         self._seed(acc.process_index)
         self._build(acc)
         self._resume(acc)
+        ckpt_lib.clean_stale_temporaries(self.ckpt_dir, is_main_process=acc.is_main_process,
+                                         barrier=acc.wait_for_everyone)  # after resume read what it needs
         topk = TopKCheckpointManager(self.ckpt_dir, **cfg.checkpoint.topk)
         jlog = JsonLogger(os.path.join(self.output_dir, "logs.json.txt")) if acc.is_main_process else None
         wb = self._start_wandb(acc)
@@ -321,6 +323,8 @@ class TrainDexGraspVLAControllerWorkspace:
         path = acc_broadcast_object(acc, path)
         if path:
             self.save_checkpoint(acc, path, metrics)
+            if acc.is_main_process:  # only now, with the new one on disk, drop the one it displaces
+                topk.commit(path)
 
     def _start_wandb(self, acc):
         lcfg = self.cfg.logging
