@@ -37,7 +37,7 @@ from controller.workspace.integrity import file_sha256
 from safetensors.torch import save_file
 
 from controller.workspace.checkpoint import (CONFIG_FILE, EMA_FILE, FORMAT, META_FILE, MODEL_FILE, NORMALIZER_FILE,
-                                             CheckpointError, atomic_write_dir, read_meta, read_safetensors,
+                                             CheckpointError, atomic_write_dir, read_meta, read_normalizer, read_safetensors,
                                              resolve_checkpoint_dir)
 
 
@@ -55,6 +55,7 @@ def export_checkpoint(src: str, dst: str, use_ema: bool = True, max_mb: Optional
     for name in (CONFIG_FILE, NORMALIZER_FILE):
         if not os.path.isfile(os.path.join(src, name)):
             raise CheckpointError(f"'{os.path.join(src, name)}' is missing: cannot export '{src}'")
+    read_normalizer(src)  # a malformed normalizer.json fails here, naming the entry, not at deployment
     weights = read_safetensors(model_path)
     ema_path = os.path.join(src, EMA_FILE)
     merged = 0

@@ -158,7 +158,11 @@ def _build(node: Any, kinds: Tuple[str, ...], where: str) -> Any:
         if "_target_" not in node:
             return built
         cls = resolve_target(node["_target_"], kinds, where=f"{where}._target_")
-        return cls(**built)
+        try:
+            return cls(**built)
+        except Exception as exc:  # keep the type (callers catch ValueError etc.); say which node failed
+            exc.add_note(f"while building {where} ({node['_target_']})")
+            raise
     if isinstance(node, (list, tuple)):
         return [_build(v, kinds, f"{where}[{i}]") for i, v in enumerate(node)]
     return node

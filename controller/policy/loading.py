@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from controller.common.registry import UnsafeConfigError, check_config, instantiate
 
 from controller.workspace.checkpoint import (BACKBONE_PREFIXES, CONFIG_FILE, MODEL_FILE, CheckpointError,
-                                             load_policy_weights, resolve_checkpoint_dir)
+                                             check_safetensors_file, load_policy_weights, resolve_checkpoint_dir)
 from controller.workspace.integrity import verify_hashes
 
 logger = logging.getLogger(__name__)
@@ -73,13 +73,12 @@ def load_policy(ckpt_dir: str, device: str | torch.device = "cpu", use_ema: bool
 
     Returns ``(policy in eval mode on device, config)``.
     """
-    from safetensors import safe_open
-
     ckpt_dir = resolve_checkpoint_dir(ckpt_dir)
     verify_hashes(ckpt_dir)  # exported checkpoints: weights, config and normaliser as exported
     cfg = load_config(ckpt_dir)
-    with safe_open(os.path.join(ckpt_dir, MODEL_FILE), framework="pt") as f:
-        has_backbones = any(k.startswith(BACKBONE_PREFIXES) for k in f.keys())
+    # header checked against the file (names the file and tensor when damaged); no tensor is read here
+    keys = check_safetensors_file(os.path.join(ckpt_dir, MODEL_FILE))
+    has_backbones = any(k.startswith(BACKBONE_PREFIXES) for k in keys)
     policy = build_policy(cfg.policy, skip_backbone_weights=has_backbones, where=f"{CONFIG_FILE}: policy")
     load_policy_weights(policy, ckpt_dir, use_ema=use_ema, allow_missing_backbones=not has_backbones)
     policy.to(device).eval()

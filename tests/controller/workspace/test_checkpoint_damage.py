@@ -293,3 +293,17 @@ def test_export_of_a_damaged_checkpoint(ckpt, tmp_path):
     _raises(lambda: export_checkpoint(ckpt, str(tmp_path / "out"), use_ema=False), MODEL_FILE)
     assert not os.path.exists(tmp_path / "out")
     assert not [n for n in os.listdir(tmp_path) if re.search(r"\.(tmp|old)-", n)]
+
+
+@pytest.mark.parametrize("cut", ["header", "data"])
+def test_load_policy_names_the_damaged_file(ckpt, cut):
+    """The deployment loader (``load_policy``) checks the header before listing keys."""
+    from controller.policy.loading import load_policy
+
+    path = os.path.join(ckpt, MODEL_FILE)
+    n, _ = _header(path)
+    size = 8 + n // 2 if cut == "header" else os.path.getsize(path) - 100
+    with open(path, "r+b") as f:
+        f.truncate(size)
+    with pytest.raises(CheckpointError, match=re.escape(MODEL_FILE)):
+        load_policy(ckpt)
