@@ -11,13 +11,19 @@ RTU (RS-485 adapter)::
 
     hand = ModbusHand(serial_port="/dev/ttyUSB0", baudrate=115200)
 
-A dropped link is re-opened transparently up to ``reconnect_attempts`` times per call; after
-that a :class:`DeviceConnectionError` naming the endpoint (``host:port`` or the serial port) is
-raised. Modbus exception responses (e.g. an unmapped register) raise :class:`DeviceError`.
+Link state is never hidden: a transport failure on any request (socket error, connection closed
+by the device, no or garbled response -- pymodbus ``ConnectionException`` /
+``ModbusIOException``) closes the client, ``is_connected`` turns ``False`` and that call and every
+later one raise :class:`DeviceLinkLostError` (a :class:`DeviceNotConnectedError` naming the
+endpoint, ``host:port`` or the serial port) until ``connect()`` is called again; ``connect()``
+tries up to ``1 + reconnect_attempts`` times, ``reconnect_delay_s`` apart. A Modbus exception
+*response* (e.g. an unmapped register) means the device answered: it raises :class:`DeviceError`
+and the link stays up.
 """
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 import time
 from typing import Any, Mapping, Sequence
@@ -28,12 +34,15 @@ from inference_utils.devices.base import (
     DeviceConfigError,
     DeviceConnectionError,
     DeviceError,
+    DeviceLinkLostError,
     Hand,
 )
 from inference_utils.devices.modbus_server import to_int16
 from inference_utils.devices.register_map import VALUE_MAX, HandRegisterMap
 from inference_utils.devices.safety import clamp_hand
 from inference_utils.devices.validation import check_float, check_host, check_int, check_port
+
+log = logging.getLogger(__name__)
 
 
 def _check_value_block(value: Any, field: str) -> list[int]:
@@ -103,7 +112,7 @@ class ModbusHand(Hand):
     # -- life cycle -------------------------------------------------------------------------
     @property
     def is_connected(self) -> bool:
-        """True between connect() and disconnect() (a dropped link is re-opened on the next call)."""
+        """True between connect() and disconnect(), False once a request found the link dead."""
         return self._client is not None
 
     def _make_client(self) -> Any:
@@ -122,12 +131,33 @@ class ModbusHand(Hand):
         self._id_kw = "device_id" if "device_id" in params else ("slave" if "slave" in params else None)
         return client
 
+    def _open_client(self) -> Any:
+        """A connected pymodbus client; tries ``1 + reconnect_attempts`` times."""
+        client = self._make_client()
+        for attempt in range(self.reconnect_attempts + 1):
+            if attempt:
+                time.sleep(self.reconnect_delay_s)
+            try:
+                if client.connect():
+                    return client
+            except Exception:  # noqa: BLE001 - pymodbus/pyserial raise various errors; reported below
+                pass
+            client.close()
+        raise DeviceConnectionError(
+            f"{self.label}: cannot connect to {self.endpoint} "
+            f"({self.reconnect_attempts + 1} attempt(s), {self.reconnect_delay_s} s apart)"
+        )
+
     def connect(self) -> None:
-        """Open the link, clear errors (optional), write speed and force set-points."""
+        """Open the link, clear errors (optional), write speed and force set-points.
+
+        The only way back after a dropped link: nothing reconnects implicitly.
+        """
         with self._lock:
             if self._client is not None:
                 return
-            self._client = self._make_client()
+            self._client = self._open_client()
+            self._link_lost_reason = None
             try:
                 if self.clear_errors_on_connect:
                     self.clear_errors()
@@ -138,8 +168,7 @@ class ModbusHand(Hand):
                 self.disconnect()
                 raise
 
-    def disconnect(self) -> None:
-        """Close the link (idempotent)."""
+    def _close_client(self) -> Any:
         with self._lock:
             client, self._client = self._client, None
             if client is not None:
@@ -147,42 +176,44 @@ class ModbusHand(Hand):
                     client.close()
                 except Exception:  # noqa: BLE001 - closing must never raise
                     pass
+            return client
+
+    def disconnect(self) -> None:
+        """Close the link (idempotent)."""
+        self._close_client()
+        self._link_lost_reason = None
+
+    def _link_lost(self, cause: BaseException | str) -> DeviceLinkLostError:
+        """Close the client after a transport failure; returns the error to raise."""
+        with self._lock:
+            error = self._record_link_lost(cause)  # before is_connected turns False
+            self._close_client()
+        log.error("%s", error)
+        return error
 
     # -- transport ----------------------------------------------------------------------------
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Run one client request, re-opening a dropped link up to ``reconnect_attempts`` times."""
+        """Run one client request; a transport failure marks the link lost (no retry, no reconnect)."""
         from pymodbus.exceptions import ConnectionException, ModbusIOException
 
-        self._require_connected()
-        last_exc: Exception | None = None
         with self._lock:
+            self._require_connected()
             client = self._client
             if self._id_kw is not None:
                 kwargs[self._id_kw] = self.unit_id
-            for attempt in range(self.reconnect_attempts + 1):
-                if attempt:
-                    time.sleep(self.reconnect_delay_s)
-                try:
-                    if not client.connected and not client.connect():
-                        raise ConnectionException(f"cannot connect to {self.endpoint}")
-                    response = getattr(client, method)(*args, **kwargs)
-                except (ConnectionException, ModbusIOException, OSError) as exc:
-                    last_exc = exc
-                    client.close()
-                    continue
-                if response is None or isinstance(response, ModbusIOException):
-                    last_exc = ModbusIOException(f"no response from {self.endpoint}")
-                    client.close()
-                    continue
-                if response.isError():
-                    raise DeviceError(
-                        f"{self.label}: {method}{args} refused by the device: {response}"
-                    )
-                return response
-        raise DeviceConnectionError(
-            f"{self.label}: link to {self.endpoint} lost and not re-established after "
-            f"{self.reconnect_attempts} reconnect attempts ({type(last_exc).__name__}: {last_exc})"
-        )
+            try:
+                if not client.connected:  # pymodbus would silently re-open it
+                    raise ConnectionException(f"connection to {self.endpoint} is closed")
+                response = getattr(client, method)(*args, **kwargs)
+            except (ConnectionException, ModbusIOException, OSError) as exc:
+                raise self._link_lost(exc) from exc
+            if response is None or isinstance(response, ModbusIOException):
+                raise self._link_lost(f"no response from {self.endpoint} to {method}")
+            if response.isError():
+                raise DeviceError(
+                    f"{self.label}: {method}{args} refused by the device: {response}"
+                )
+            return response
 
     def _read_block(self, name: str) -> np.ndarray:
         address = getattr(self.register_map, name)

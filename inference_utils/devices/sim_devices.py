@@ -24,8 +24,16 @@ import numpy as np
 
 from inference_utils.devices.base import Arm, Camera, DeviceConfigError, DeviceConnectionError, Hand
 from inference_utils.devices.factory import register_device
-from inference_utils.devices.safety import check_arm_within_limits, clamp_arm_target, clamp_hand
-from inference_utils.robot_spec import ARM_MAX_STEP_RAD, normalize_arm
+from inference_utils.devices.safety import (
+    ARM_MAX_COMMAND_DT_S,
+    ARM_MAX_JOINT_VEL_RAD_S,
+    JointVelocityGuard,
+    check_arm_within_limits,
+    check_command_dt,
+    check_joint_velocity_limit,
+    clamp_hand,
+)
+from inference_utils.robot_spec import normalize_arm
 
 _SESSIONS: dict[str, "SimSession"] = {}
 _SESSIONS_LOCK = threading.Lock()
@@ -190,32 +198,46 @@ class SimCamera(_SimDevice, Camera):
 
 
 class SimArm(_SimDevice, Arm):
-    """Simulated 7-DoF arm with the same clamping as the real driver."""
+    """Simulated 7-DoF arm with the same command limits as the real driver.
 
-    def __init__(self, session: str = "default", max_step_rad: float = float(ARM_MAX_STEP_RAD)) -> None:
+    ``send_joints`` follows :meth:`Arm.send_joints` on the simulator's clock: a target moves each
+    joint at most ``max_joint_vel_rad_s * dt`` from the measured joints, ``dt`` being the
+    simulated time since the previous command (capped at ``max_dt_s``).
+    """
+
+    def __init__(self, session: str = "default", max_joint_vel_rad_s: Any = None,
+                 max_dt_s: float = ARM_MAX_COMMAND_DT_S) -> None:
         super().__init__(session)
-        if not 0 < float(max_step_rad) <= float(ARM_MAX_STEP_RAD) + 1e-12:
-            raise DeviceConfigError(f"max_step_rad: {max_step_rad} is out of range (0, {ARM_MAX_STEP_RAD:.4f}]")
-        self.max_step_rad = float(max_step_rad)
+        self.max_joint_vel_rad_s = check_joint_velocity_limit(
+            ARM_MAX_JOINT_VEL_RAD_S if max_joint_vel_rad_s is None else max_joint_vel_rad_s)
+        self.max_dt_s = check_command_dt(max_dt_s)
         self.label = "SimArm"
+        self.command_guard = JointVelocityGuard(self.max_joint_vel_rad_s, self.max_dt_s, name="SimArm command")
         self._last: np.ndarray | None = None
 
     def connect(self) -> None:
         """Attach and take the measured joints as the last command."""
         super().connect()
+        self.command_guard.reset()
         self._last = self.read_joints()
 
     def read_joints(self) -> np.ndarray:
         """Measured joints (rad, (7,))."""
         return self.session.env.arm_qpos()
 
-    def send_joints(self, q_target_rad: Any) -> np.ndarray:
-        """Clamp (limits, max step) and set the pending target; returns it (rad, (7,))."""
-        sent = clamp_arm_target(q_target_rad, self._last if self._last is not None else self.read_joints(),
-                                max_step=self.max_step_rad)
-        self.session.set_arm_target(sent)
-        self._last = sent
-        return sent
+    def _command_time(self) -> float:
+        """Simulated time: the velocity limit is over simulated seconds."""
+        return self.session.time
+
+    def _command_joints(self, q_rad: np.ndarray) -> None:
+        """Set the pending target (already limited by ``send_joints``)."""
+        self.session.set_arm_target(q_rad)
+        self._last = q_rad.copy()
+
+    @property
+    def last_commanded(self) -> np.ndarray | None:
+        """The last target accepted by ``send_joints`` (or the held / reached position)."""
+        return None if self._last is None else self._last.copy()
 
     def hold(self) -> np.ndarray:
         """Hold at the measured position (rad, (7,))."""

@@ -106,13 +106,19 @@ def test_unsafe_and_disconnected_commands(make_modbus_hand, hand_emulator):
     assert not hand.is_connected
 
 
-def test_reconnects_after_dropped_link(hand, hand_emulator):
+def test_dropped_link_needs_an_explicit_connect(hand, hand_emulator):
     hand.send([0.5] * 6)
     port = hand_emulator.port
     hand_emulator.stop()
     restarted = HandEmulator(host="127.0.0.1", port=port, speed_scale=4.0).start()
     try:
-        # The old TCP connection is dead; the driver re-opens it transparently.
+        # The old TCP connection is dead: the driver says so and does not re-open it by itself.
+        with pytest.raises(DeviceNotConnectedError, match="link lost"):
+            hand.read()
+        assert not hand.is_connected
+        with pytest.raises(DeviceNotConnectedError):
+            hand.send([0.2] * 6)
+        hand.connect()
         np.testing.assert_allclose(hand.read(), np.ones(6))
         hand.send([0.2] * 6)
         assert restarted.read_block("angle_set").tolist() == [200] * 6
@@ -128,7 +134,7 @@ def test_emulator_stopped_mid_use_raises_connection_error(hand, hand_emulator):
         hand.send([0.1] * 6)
     message = str(info.value)
     assert f"127.0.0.1:{hand_emulator.port}" in message
-    assert "2 reconnect attempts" in message
+    assert "link lost" in message and not hand.is_connected
     assert time.monotonic() - start < 5.0
 
 

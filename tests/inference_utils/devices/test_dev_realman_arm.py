@@ -16,7 +16,7 @@ from inference_utils.devices import (
     RealManArm,
 )
 from inference_utils.devices.interpolation import CubicStreamInterpolator
-from inference_utils.robot_spec import ARM_LOWER, ARM_MAX_STEP_RAD, ARM_UPPER
+from inference_utils.robot_spec import ARM_LOWER, ARM_UPPER
 
 DEG = np.pi / 180.0
 
@@ -62,10 +62,13 @@ def test_streaming_interpolates_at_canfd_rate(arm, arm_emulator):
 
 
 def test_send_joints_clamps_step_and_limits(arm, arm_emulator):
+    step = arm.command_guard.max_command_step  # max_joint_vel_rad_s * max_dt_s per joint
     sent = arm.send_joints(np.full(7, 1.0))  # 57 deg away
-    np.testing.assert_allclose(sent, np.full(7, ARM_MAX_STEP_RAD))
+    np.testing.assert_allclose(sent, step)
+    assert wait_until(lambda: np.allclose(arm_emulator.joints_rad(), sent, atol=1e-4))
+    time.sleep(arm.max_dt_s)  # a full control period later the next step starts from the measured joints
     sent2 = arm.send_joints(np.full(7, 1.0))
-    np.testing.assert_allclose(sent2, np.full(7, 2 * ARM_MAX_STEP_RAD))
+    np.testing.assert_allclose(sent2, 2 * step, atol=1e-4)  # 0.001 degree wire resolution
     assert wait_until(lambda: np.allclose(arm_emulator.joints_rad(), sent2, atol=1e-4))
     assert arm_emulator.violations == 0
     # Limits: joint 7 cannot go beyond its upper limit, whatever the step.
@@ -86,9 +89,9 @@ def test_hold_stops_streaming(arm, arm_emulator):
     time.sleep(0.1)
     assert len(arm_emulator.canfd_frames()) == n
     np.testing.assert_allclose(arm.last_commanded, held)
-    # After a hold the step clamp is measured from the held position.
+    # After a hold the step clamp is measured from the held (= measured) position.
     sent = arm.send_joints(held + 1.0)
-    np.testing.assert_allclose(sent, held + ARM_MAX_STEP_RAD)
+    np.testing.assert_allclose(sent, held + arm.command_guard.max_command_step, atol=1e-4)
 
 
 def test_move_to_runs_movej_and_resyncs_stream(arm, arm_emulator):
@@ -103,7 +106,7 @@ def test_move_to_runs_movej_and_resyncs_stream(arm, arm_emulator):
     # Wire resolution: 0.001 mm and 0.001 rad.
     np.testing.assert_allclose(arm.read_pose(), forward_kinematics(target), atol=1e-3)
     sent = arm.send_joints(target + 1.0)
-    np.testing.assert_allclose(sent, np.minimum(reached + ARM_MAX_STEP_RAD, ARM_UPPER))
+    np.testing.assert_allclose(sent, np.minimum(reached + arm.command_guard.max_command_step, ARM_UPPER))
 
 
 def test_move_to_outside_limits_refused_before_motion(arm, arm_emulator):
