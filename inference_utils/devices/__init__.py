@@ -5,7 +5,7 @@ Typical use (the runtime loop)::
     from inference_utils.devices import make_arm, make_camera, make_hand
 
     with make_arm(cfg.arm) as arm, make_hand(cfg.hand) as hand:
-        sent = arm.send_joints(q_target)      # clamped to limits and 10 deg per command
+        sent = arm.send_joints(q_target)      # joint limits + joint speed vs measured state
         hand.send(values)                     # clamped to [0, 1]
 """
 from inference_utils.devices.base import (
@@ -15,6 +15,7 @@ from inference_utils.devices.base import (
     DeviceConfigError,
     DeviceConnectionError,
     DeviceError,
+    DeviceLinkLostError,
     DeviceNotConnectedError,
     DeviceSafetyError,
     DeviceTimeoutError,
@@ -37,7 +38,7 @@ from inference_utils.devices.register_map import RH56_REGISTER_MAP, HandRegister
 __all__ = [
     "Arm", "Camera", "Device", "Hand",
     "DeviceError", "DeviceConfigError", "DeviceConnectionError", "DeviceNotConnectedError",
-    "DeviceSafetyError", "DeviceTimeoutError",
+    "DeviceLinkLostError", "DeviceSafetyError", "DeviceTimeoutError",
     "make_arm", "make_camera", "make_device", "make_hand", "register_device", "registered_types",
     "FrameSequenceCamera", "SyntheticCamera", "RealSenseCamera", "ModbusHand", "RealManArm",
     "HandRegisterMap", "RH56_REGISTER_MAP",

@@ -80,14 +80,21 @@ def movej_canfd(q_rad: Any, follow: bool = True) -> dict[str, Any]:
     return {"command": "movej_canfd", "joint": rad_to_wire(q_rad), "follow": bool(follow)}
 
 
+#: Longest reply line the driver buffers (the arm's replies are a few hundred bytes). A peer that
+#: sends more without a newline is treated as a broken link rather than grown into memory.
+MAX_LINE_BYTES = 64 * 1024
+
+
 class LineReader:
     """Splits a socket's byte stream into decoded JSON messages.
 
-    Lines that are not valid JSON objects are skipped (counted in :attr:`garbage`).
+    Lines that are not valid JSON objects are skipped (counted in :attr:`garbage`); a line longer
+    than ``max_line_bytes`` raises ``ConnectionError`` (the driver then marks the link lost).
     """
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, max_line_bytes: int = MAX_LINE_BYTES):
         self.sock = sock
+        self.max_line_bytes = int(max_line_bytes)
         self._buffer = bytearray()
         self.garbage = 0
 
@@ -127,6 +134,11 @@ class LineReader:
             if not chunk:
                 raise ConnectionError("connection closed by peer")
             self._buffer.extend(chunk)
+            if len(self._buffer) > self.max_line_bytes and self._buffer.find(b"\n") < 0:
+                size = len(self._buffer)
+                self._buffer.clear()
+                raise ConnectionError(f"the arm sent {size} bytes without a line break (limit "
+                                      f"{self.max_line_bytes} bytes): not the arm's JSON protocol")
 
     def read_until(self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
         """Read messages until ``predicate(message)``; others are discarded."""

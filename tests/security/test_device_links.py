@@ -188,3 +188,23 @@ def test_hand_connect_to_nothing_tries_then_reports(hand_emu):
     with pytest.raises(DeviceConnectionError, match=f"127.0.0.1:{port}"):
         hand.connect()
     assert not hand.is_connected
+
+
+def test_arm_reply_line_without_newline_is_capped():
+    """A peer that never ends its line cannot grow the driver's buffer without bound."""
+    import socket as _socket
+
+    from inference_utils.devices.realman_protocol import LineReader
+
+    ours, peer = _socket.socketpair()
+    try:
+        reader = LineReader(ours, max_line_bytes=4096)
+        peer.sendall(b'{"ok": true}\n')
+        assert reader.read(1.0) == {"ok": True}
+        peer.sendall(b"x" * 10_000)
+        with pytest.raises(ConnectionError, match="without a line break"):
+            reader.read(1.0)
+        assert len(reader._buffer) == 0
+    finally:
+        ours.close()
+        peer.close()
