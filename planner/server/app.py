@@ -38,7 +38,6 @@ import base64
 import binascii
 import hmac
 import io
-import ipaddress
 import json
 import logging
 import re
@@ -57,6 +56,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 
+from inference_utils.net_security import is_loopback_host  # shared with the policy server; re-exported
 from planner.images import ImageDecodeError
 from planner.server.tasks import TaskError, TaskRequest, answer, recognise_task
 
@@ -94,23 +94,6 @@ def error_body(message: str, err_type: str, param: Optional[str] = None, code: O
 
 class ImageTooLarge(ImageDecodeError):
     """An image whose header declares more pixels than allowed (it was not decoded)."""
-
-
-def is_loopback_host(host: str) -> bool:
-    """True if binding ``host`` only accepts connections from this machine.
-
-    ``localhost`` and loopback IP literals (``127.0.0.0/8``, ``::1``) are loopback; wildcard
-    addresses (``0.0.0.0``, ``::``, ``""``), other IPs and other host names are not.
-    """
-    host = (host or "").strip().strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def check_bind(host: str, token: Optional[str], token_env: str = TOKEN_ENV_VAR) -> None:
