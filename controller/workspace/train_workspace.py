@@ -7,15 +7,33 @@ on CPU), and writes metrics (wandb + JSON lines), attention maps and atomic chec
 Exact resume: the batch order of an epoch depends only on ``(seed, epoch)`` and every RNG state
 is saved per rank, so ``training.resume=true`` continues with the same step count and the same
 losses as an uninterrupted run.
+
+Pre-emption (``training.preemption``): SIGTERM (SLURM, Kubernetes) and SIGINT (Ctrl-C) only set a
+flag. After each optimiser step the ranks agree on it (an all-reduce of the signal number, every
+``check_every`` steps), save ``checkpoints/latest`` with the position inside the epoch (batches
+consumed, this epoch's losses so far, every rank's RNG) and exit with ``128 + signal`` (143 for
+SIGTERM, 130 for SIGINT). A signal during the end-of-epoch work (validation, sampling, rollout,
+checkpointing) lets that work finish; ``latest`` then holds the completed epoch. Resuming continues
+the interrupted epoch at the next batch (the sampler starts past the consumed ones) and gives
+bit-identical losses and weights. Per-sample randomness in the dataset depends only on
+``(seed, epoch, index)`` (:class:`controller.common.samplers.EpochSeededDataset`), so neither the
+worker that loads a sample nor the resume point changes what the model sees; the global RNGs are
+restored at the point they were saved (see :meth:`TrainDexGraspVLAControllerWorkspace._resume`).
+DataLoader workers ignore the stop signals (a cluster signals every process of the job; the main
+process owns the shutdown).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from controller.common.json_logger import JsonLogger
 from controller.common.registry import instantiate
 from controller.common.pytorch_util import to_device
-from controller.common.samplers import EpochShuffleSampler
+from controller.common.samplers import EpochSeededDataset, EpochShuffleSampler
 from controller.workspace import checkpoint as ckpt_lib
 from controller.workspace.topk import TopKCheckpointManager
 
@@ -41,6 +59,85 @@ def resolve_mixed_precision(value: str) -> str:
     return value
 
 
+class TrainingPreempted(SystemExit):
+    """Raised by :meth:`TrainDexGraspVLAControllerWorkspace.run` after a stop signal, once
+    ``checkpoints/latest`` is saved.
+
+    It is a ``SystemExit``: uncaught (``train.py``), the process exits with ``code`` = 128 + the
+    signal number -- 143 for SIGTERM, 130 for SIGINT, the shell's convention for "ended by that
+    signal" -- so schedulers see a non-zero status. In-process callers can catch it.
+    """
+
+    def __init__(self, signum: int, epoch: int, global_step: int, checkpoint: str, mid_epoch: bool) -> None:
+        super().__init__(128 + int(signum))
+        self.signum, self.epoch, self.global_step = int(signum), int(epoch), int(global_step)
+        self.checkpoint, self.mid_epoch = checkpoint, bool(mid_epoch)
+
+    def __str__(self) -> str:
+        return preempted_message(self.epoch, self.global_step, self.checkpoint)
+
+
+def preempted_message(epoch: int, global_step: int, checkpoint: str) -> str:
+    """The final line a pre-empted run prints."""
+    return (f"pre-empted at epoch {epoch} step {global_step}; checkpoint saved at {checkpoint}; "
+            f"resume with training.resume=true")
+
+
+def signal_number(value: Any) -> int:
+    """``SIGTERM`` / ``TERM`` / ``15`` -> 15; refuses unknown names and signals that cannot be caught."""
+    if isinstance(value, int) or str(value).isdigit():
+        num = int(value)
+    else:
+        name = str(value).upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        if not hasattr(signal, name) or not isinstance(getattr(signal, name), signal.Signals):
+            raise ValueError(f"training.preemption.signals: unknown signal '{value}'")
+        num = int(getattr(signal, name))
+    if num in (int(signal.SIGKILL), int(signal.SIGSTOP)) or num not in set(int(s) for s in signal.Signals):
+        raise ValueError(f"training.preemption.signals: signal '{value}' cannot be handled")
+    return num
+
+
+class StopSignalFlag:
+    """Record stop signals instead of acting on them.
+
+    The handler only stores the number of the first signal received (later ones are ignored:
+    ``torchrun`` forwards the signal a rank may already have had from the cluster); the training
+    loop polls :attr:`signum` at safe points. Handlers can only be set from the main thread:
+    elsewhere :meth:`install` does nothing and returns False.
+    """
+
+    def __init__(self, signums: Sequence[int]) -> None:
+        self.signums = tuple(int(s) for s in signums)
+        self.signum = 0
+        self._previous: Dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        if not self.signum:
+            self.signum = signum
+
+    def install(self) -> bool:
+        """Set the handlers (remembering the previous ones); False when not in the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        for s in self.signums:
+            self._previous[s] = signal.signal(s, self._handler)
+        return True
+
+    def restore(self) -> None:
+        """Put the previous handlers back (``SIG_DFL`` where the previous one was not set from Python)."""
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+
+def ignore_signals(signums: Tuple[int, ...], worker_id: int = 0) -> None:  # noqa: ARG001 - worker_init_fn
+    """DataLoader ``worker_init_fn``: the workers ignore the stop signals (the main process saves and
+    ends them; a worker killed by the cluster's SIGTERM would make the main process raise instead)."""
+    for s in signums:
+        signal.signal(s, signal.SIG_IGN)
+
+
 class TrainDexGraspVLAControllerWorkspace:
     """Build everything from ``cfg`` and train; ``run()`` returns the final metrics."""
 
@@ -50,6 +147,21 @@ class TrainDexGraspVLAControllerWorkspace:
         self.ckpt_dir = os.path.join(self.output_dir, "checkpoints")
         self.global_step = 0
         self.epoch = 0
+        self._stop_flag: Optional[StopSignalFlag] = None
+        self._mid_epoch: Optional[Dict[str, Any]] = None     # set while saving a mid-epoch checkpoint
+        self._resume_mid: Optional[Dict[str, Any]] = None    # position inside the epoch to resume at
+        self._pending_rng: Optional[Dict[str, Any]] = None   # the RNG states to restore (see _resume)
+        self._latest_saved: Optional[tuple] = None            # (epoch, step, mid_epoch) of checkpoints/latest
+        self._first_batch = None
+
+    def _preemption_settings(self) -> Tuple[bool, Tuple[int, ...], int]:
+        """(enabled, signal numbers, check_every) from ``training.preemption``."""
+        p = self.cfg.training.get("preemption") or {}
+        signums = tuple(signal_number(s) for s in (p.get("signals") or ["SIGTERM", "SIGINT"]))
+        check_every = int(p.get("check_every") or 1)
+        if check_every < 1:
+            raise ValueError(f"training.preemption.check_every must be >= 1, got {check_every}")
+        return bool(p.get("enabled", True)), signums, check_every
 
     # ------------------------------------------------------------------ set-up
     def _seed(self, rank: int) -> None:
@@ -59,8 +171,10 @@ class TrainDexGraspVLAControllerWorkspace:
         torch.manual_seed(seed)
 
     def _make_loader(self, dataset, loader_cfg: DictConfig, shuffle: bool, seed: int, acc):
+        """DataLoader over ``EpochSeededDataset(dataset)``, fed ``(epoch, index)`` keys by the sampler."""
         sampler = EpochShuffleSampler(len(dataset), acc.num_processes, acc.process_index, seed=seed,
-                                      shuffle=shuffle and bool(loader_cfg.get("shuffle", True)))
+                                      shuffle=shuffle and bool(loader_cfg.get("shuffle", True)),
+                                      with_epoch=True)
         workers = int(loader_cfg.get("num_workers", 0))
         kwargs: Dict[str, Any] = dict(batch_size=int(loader_cfg.batch_size), sampler=sampler, num_workers=workers,
                                       pin_memory=bool(loader_cfg.get("pin_memory", False)) and acc.device.type == "cuda",
@@ -68,7 +182,10 @@ class TrainDexGraspVLAControllerWorkspace:
         if workers > 0:
             kwargs["persistent_workers"] = bool(loader_cfg.get("persistent_workers", False))
             kwargs["prefetch_factor"] = int(loader_cfg.get("prefetch_factor", 2))
-        return torch.utils.data.DataLoader(dataset, **kwargs), sampler
+            enabled, signums, _ = self._preemption_settings()
+            if enabled:
+                kwargs["worker_init_fn"] = functools.partial(ignore_signals, signums)
+        return torch.utils.data.DataLoader(EpochSeededDataset(dataset, seed), **kwargs), sampler
 
     def _build(self, acc) -> None:
         from diffusers.optimization import get_scheduler
@@ -118,20 +235,36 @@ class TrainDexGraspVLAControllerWorkspace:
 
     # ------------------------------------------------------------------ checkpoint
     def _training_state(self, acc) -> Dict[str, Any]:
+        """Everything a resume needs. ``mid_epoch`` is None at an epoch boundary (``epoch`` is then the
+        last completed epoch); after a stop signal inside epoch ``epoch`` it holds the position::
+
+            {"batches_done": k (per rank), "start": k * batch_size * num_processes (sampler offset),
+             "batch_size": ..., "num_processes": ..., "losses": [[this epoch's losses] per rank]}
+        """
+        mid = None
+        if self._mid_epoch is not None:
+            k, bs = int(self._mid_epoch["batches_done"]), int(self.train_loader.batch_size)
+            mid = {"batches_done": k, "start": k * bs * acc.num_processes, "batch_size": bs,
+                   "num_processes": acc.num_processes,
+                   "losses": all_gather_object(acc, [float(v) for v in self._mid_epoch["losses"]])}
         return {"epoch": self.epoch, "global_step": self.global_step,
                 "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
-                "rng": capture_all_ranks_rng(acc)}
+                "rng": capture_all_ranks_rng(acc), "mid_epoch": mid}
 
-    def save_checkpoint(self, acc, path: str, metrics: Dict[str, float]) -> None:
+    def save_checkpoint(self, acc, path: str, metrics: Dict[str, float],
+                        extra_meta: Optional[Dict[str, Any]] = None) -> None:
+        """Save a checkpoint of the current state (collective: every rank must call)."""
         state = self._training_state(acc)  # collective: every rank must call
         if acc.is_main_process:
             meta = {"epoch": self.epoch, "global_step": self.global_step, "metrics": metrics,
-                    "trainable_parameters": self.policy.num_trainable_parameters()}
+                    "trainable_parameters": self.policy.num_trainable_parameters(), **(extra_meta or {})}
             ckpt_lib.save_checkpoint(path, acc.unwrap_model(self.model), cfg=self.cfg, ema=self.ema,
                                      training_state=state, meta=meta,
                                      save_frozen_backbones=bool(self.cfg.checkpoint.save_frozen_backbones))
         acc.wait_for_everyone()
+        if os.path.abspath(path) == os.path.abspath(os.path.join(self.ckpt_dir, "latest")):
+            self._latest_saved = (self.epoch, self.global_step, self._mid_epoch is not None)
 
     def _resume(self, acc) -> None:
         tcfg = self.cfg.training
@@ -153,13 +286,34 @@ class TrainDexGraspVLAControllerWorkspace:
             self.ema.load_state_dict(state["ema"])
         self.epoch = int(state["epoch"]) + 1
         self.global_step = int(state["global_step"])
+        mid = state.get("mid_epoch")
+        if mid:  # stopped inside epoch state["epoch"]: continue that epoch at the next batch
+            self.epoch = int(state["epoch"])
+            self._resume_mid = self._resume_position(acc, mid)
         rng = state["rng"]
         if len(rng) != acc.num_processes:
             acc.print(f"warning: checkpoint has RNG states for {len(rng)} processes, running {acc.num_processes}; "
                       f"resumed run will not be bitwise identical")
-        restore = rng[acc.process_index] if acc.process_index < len(rng) else rng[0]
-        ckpt_lib.restore_rng_state(restore)
-        acc.print(f"resumed from {path}: next epoch {self.epoch}, global step {self.global_step}")
+        # Restored where they were captured: at an epoch boundary right before the next epoch starts
+        # (after wandb / the env runner are set up); mid-epoch right before the next forward, because
+        # the DataLoader's iterator creation at the start of the epoch (which draws the workers' base
+        # seed from the torch RNG) had happened before the checkpoint and happens again on resume.
+        self._pending_rng = rng[acc.process_index] if acc.process_index < len(rng) else rng[0]
+        where = (f"epoch {self.epoch} after batch {self._resume_mid['batches_done']}" if mid
+                 else f"next epoch {self.epoch}")
+        acc.print(f"resumed from {path}: {where}, global step {self.global_step}")
+
+    def _resume_position(self, acc, mid: Dict[str, Any]) -> Dict[str, Any]:
+        """Where this rank continues an interrupted epoch, and its loss list so far."""
+        bs = int(self.train_loader.batch_size)
+        if int(mid["num_processes"]) == acc.num_processes and int(mid["batch_size"]) == bs:
+            return {"batches_done": int(mid["batches_done"]), "start": int(mid["start"]),
+                    "losses": list(mid["losses"][acc.process_index])}
+        acc.print(f"warning: the checkpoint stopped mid-epoch with {mid['num_processes']} process(es) x batch "
+                  f"{mid['batch_size']}, now {acc.num_processes} x {bs}: the epoch continues after the samples "
+                  f"already seen, but not bitwise identically")
+        return {"batches_done": int(mid["start"]) // (bs * acc.num_processes), "start": int(mid["start"]),
+                "losses": [float(v) for rank_losses in mid["losses"] for v in rank_losses]}
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -200,7 +354,24 @@ class TrainDexGraspVLAControllerWorkspace:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> Dict[str, float]:
-        """Train for ``training.num_epochs`` epochs; returns the last epoch's metrics."""
+        """Train for ``training.num_epochs`` epochs; returns the last epoch's metrics.
+
+        With ``training.preemption.enabled`` the stop signals only set a flag while this runs (the
+        previous handlers are put back at the end); a stop raises :class:`TrainingPreempted` after
+        saving ``checkpoints/latest``.
+        """
+        enabled, signums, _ = self._preemption_settings()
+        self._stop_flag = StopSignalFlag(signums) if enabled else None
+        if self._stop_flag is not None and not self._stop_flag.install():
+            logger.warning("run() is not in the main thread: stop signals keep their default behaviour")
+            self._stop_flag = None
+        try:
+            return self._run()
+        finally:
+            if self._stop_flag is not None:
+                self._stop_flag.restore()
+
+    def _run(self) -> Dict[str, float]:
         from accelerate import Accelerator
         from tqdm.auto import tqdm
 
@@ -228,15 +399,24 @@ class TrainDexGraspVLAControllerWorkspace:
         stop_at = int(tcfg.num_epochs)
         if tcfg.get("epochs_per_run"):  # time-limited cluster jobs: stop early, resume later
             stop_at = min(stop_at, self.epoch + int(tcfg.epochs_per_run))
+        self._align_persistent_loaders()
+        if self._pending_rng is not None and self._resume_mid is None:  # epoch boundary (see _resume)
+            ckpt_lib.restore_rng_state(self._pending_rng)
+            self._pending_rng = None
         try:
             while self.epoch < stop_at:
                 metrics = self._train_epoch(acc, tqdm, jlog, wb)
+                if self._mid_epoch is not None:  # every rank agreed to stop after an optimiser step
+                    self._stop_for_signal(acc, self._mid_epoch["signum"])
                 metrics.update(self._end_of_epoch(acc, env_runner))
                 if jlog:
                     jlog.log(metrics)
                 if wb is not None:
                     wb.log(metrics, step=self.global_step)
                 self._checkpoints(acc, topk, metrics)
+                signum = self._agreed_stop_signal(acc)  # a signal during validation/sampling/rollout/saving
+                if signum:
+                    self._stop_for_signal(acc, signum)
                 self.epoch += 1
         finally:
             if jlog:
@@ -247,19 +427,28 @@ class TrainDexGraspVLAControllerWorkspace:
         return metrics
 
     def _train_epoch(self, acc, tqdm, jlog, wb) -> Dict[str, float]:
+        """One epoch (or its rest after a mid-epoch resume). If the ranks agree on a stop signal after
+        an optimiser step, return early with ``self._mid_epoch`` set to the position."""
         tcfg = self.cfg.training
-        self.train_sampler.set_epoch(self.epoch)
+        resume, self._resume_mid = self._resume_mid or {"batches_done": 0, "start": 0, "losses": []}, None
+        done = int(resume["batches_done"])
+        self.train_sampler.set_epoch(self.epoch, start=int(resume["start"]))  # skip consumed batches unloaded
         self.model.train()
-        losses = []
-        self._first_batch = None
+        losses = list(resume["losses"])
+        self._first_batch = None  # loaded again at the end of the epoch if this run did not see it
         max_steps = int(tcfg.max_train_steps) if tcfg.max_train_steps else None
-        total = min(len(self.train_loader), max_steps) if max_steps else len(self.train_loader)
+        total = min(len(self.train_loader), max(0, max_steps - done)) if max_steps else len(self.train_loader)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        with tqdm(self.train_loader, total=total, desc=f"epoch {self.epoch}", leave=False,
-                  mininterval=float(tcfg.tqdm_interval_sec), disable=not acc.is_local_main_process) as bar:
-            for i, batch in enumerate(bar):
+        _, _, check_every = self._preemption_settings()
+        with tqdm(self.train_loader, total=done + total, desc=f"epoch {self.epoch}", initial=done,
+                  leave=False, mininterval=float(tcfg.tqdm_interval_sec),
+                  disable=not acc.is_local_main_process) as bar:
+            for i, batch in enumerate(bar, start=done):
+                if i >= done + total:  # resumed with max_train_steps already reached
+                    break
                 batch = to_device(batch, acc.device)
-                if self._first_batch is None:
+                self._restore_pending_rng()  # mid-epoch resume: the state saved after the last step
+                if i == 0:
                     self._first_batch = batch
                 with acc.accumulate(self.model):
                     with acc.autocast():
@@ -283,8 +472,18 @@ class TrainDexGraspVLAControllerWorkspace:
                     jlog.log(step_log)
                 if wb is not None:
                     wb.log(step_log, step=self.global_step)
-                if max_steps and i + 1 >= max_steps:
+                # stop only right after an optimiser step (no half-accumulated gradients to lose), at the
+                # same step on every rank: global_step is equal everywhere, the check is collective
+                if (acc.sync_gradients and self._stop_flag is not None
+                        and (acc.num_processes == 1 or self.global_step % check_every == 0)):
+                    signum = self._agreed_stop_signal(acc)
+                    if signum:
+                        self._mid_epoch = {"signum": signum, "batches_done": i + 1, "losses": losses,
+                                           "batches_total": done + total}
+                        return {}
+                if max_steps and i + 1 >= done + total:  # max_train_steps: do not load a batch for nothing
                     break
+        self._restore_pending_rng()  # resumed after the epoch's last batch: nothing left to train
         mean_loss = acc.reduce(torch.tensor(float(np.mean(losses)), device=acc.device), "mean").item()
         return {"train_loss": mean_loss, "epoch": self.epoch, "global_step": self.global_step}
 
@@ -296,7 +495,7 @@ class TrainDexGraspVLAControllerWorkspace:
             if val is not None:
                 out["val_loss"] = val
         if tcfg.sample_every and (self.epoch % int(tcfg.sample_every) == 0 or last):
-            out.update(self._sample_metrics(acc, self._first_batch, "train"))
+            out.update(self._sample_metrics(acc, self._epoch_first_batch(acc), "train"))
             if self.val_loader is not None:
                 vb = to_device(next(iter(self.val_loader)), acc.device)
                 out.update(self._sample_metrics(acc, vb, "val"))
@@ -311,6 +510,71 @@ class TrainDexGraspVLAControllerWorkspace:
             policy.train()
         acc.wait_for_everyone()
         return out
+
+    def _restore_pending_rng(self) -> None:
+        if self._pending_rng is not None:
+            ckpt_lib.restore_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+    def _align_persistent_loaders(self) -> None:
+        """A loader with persistent workers draws from the torch RNG (its workers' base seed) only
+        when its iterator is first created -- in epoch 0 of an uninterrupted run, and never again.
+        A run resumed at a later epoch creates those iterators here with the RNG forked, so that it
+        does not draw either."""
+        if self.epoch == 0:
+            return
+        for loader in (self.train_loader, self.val_loader):
+            if loader is not None and loader.persistent_workers:
+                with torch.random.fork_rng(devices=[]):
+                    iter(loader)
+
+    def _epoch_first_batch(self, acc):
+        """This rank's first training batch of the epoch (for the sample metrics). After a mid-epoch
+        resume this run did not load it: it is loaded again from the same indices (per-sample
+        randomness depends on (seed, epoch, index) only, so it is the same batch, bit for bit)."""
+        if self._first_batch is None:
+            loader = self.train_loader
+            keys = [(self.epoch, i) for i in self.train_sampler.rank_indices()[:loader.batch_size]]
+            self._first_batch = to_device(loader.collate_fn([loader.dataset[k] for k in keys]), acc.device)
+        return self._first_batch
+
+    # ------------------------------------------------------------------ pre-emption
+    def _agreed_stop_signal(self, acc) -> int:
+        """The signal every rank stops for, 0 = go on: the largest signal number any rank received
+        (an all-reduce with several processes, so every rank must call it at the same point)."""
+        if self._stop_flag is None:
+            return 0
+        local = int(self._stop_flag.signum)
+        if acc.num_processes == 1:
+            return local
+        import torch.distributed as dist
+        flag = torch.tensor([local], dtype=torch.int64, device=acc.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+    def _stop_for_signal(self, acc, signum: int) -> None:
+        """Save ``checkpoints/latest`` (unless it already holds exactly this state) and raise
+        :class:`TrainingPreempted`. Mid-epoch when ``self._mid_epoch`` is set, else after the epoch."""
+        name = signal.Signals(signum).name
+        path = os.path.join(self.ckpt_dir, "latest")
+        mid = self._mid_epoch
+        if mid is not None:
+            where = (f"inside epoch {self.epoch} after {mid['batches_done']} of {mid['batches_total']} "
+                     f"batches (step {self.global_step})")
+        else:
+            where = f"at the end of epoch {self.epoch} (step {self.global_step})"
+        acc.print(f"received {name}: stopping {where}; saving {path}", flush=True)
+        try:
+            if mid is not None or self._latest_saved != (self.epoch, self.global_step, False):
+                self.save_checkpoint(acc, path, {}, extra_meta={
+                    "preempted": name,
+                    "mid_epoch": {"batches_done": mid["batches_done"]} if mid is not None else None})
+        finally:
+            self._mid_epoch = None
+        if acc.is_main_process:
+            print(preempted_message(self.epoch, self.global_step, path), file=sys.stderr, flush=True)
+        acc.wait_for_everyone()  # no rank exits (and makes a launcher kill the others) before the message
+        raise TrainingPreempted(signum, self.epoch, self.global_step, path, mid is not None)
 
     def _checkpoints(self, acc, topk: TopKCheckpointManager, metrics: Dict[str, float]) -> None:
         ccfg, tcfg = self.cfg.checkpoint, self.cfg.training
@@ -348,6 +612,16 @@ def acc_broadcast_object(acc, obj):
     box = [obj]
     broadcast_object_list(box, from_process=0)
     return box[0]
+
+
+def all_gather_object(acc, obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (collective; picklable objects)."""
+    if acc.num_processes == 1:
+        return [obj]
+    import torch.distributed as dist
+    out = [None] * acc.num_processes
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def capture_all_ranks_rng(acc) -> list:
