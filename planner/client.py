@@ -1,7 +1,13 @@
-"""The DexGraspVLA planner client: an OpenAI-compatible chat client, one method per task.
+"""The DexGraspVLA planner client: one method per task, the same on every backend.
 
-Works against any OpenAI-compatible VLM server (vLLM serving Qwen2.5-VL, DashScope, ...)
-and against the offline server in ``planner.server``.
+The task methods, their prompts (``planner.prompts``), the reply parsers (``planner.parsing``),
+the retry policy, the deadlines and the episode log live here; a *transport* only sends one
+set of chat messages and returns the reply text (``planner.backends``):
+
+* ``backend: http`` (default): any OpenAI-compatible server (vLLM serving Qwen2.5-VL,
+  DashScope, the offline ``planner.server``), ``planner.backends.http_backend.HTTPTransport``;
+* ``backend: transformers``: Qwen2-VL / Qwen2.5-VL from a local folder, run in this process,
+  ``planner.backends.transformers_backend.TransformersTransport``.
 
 Example::
 
@@ -9,24 +15,17 @@ Example::
     instruction = planner.propose_instruction("clear the table", initial_bgr, current_bgr)
     box = planner.predict_bbox(instruction.instruction, current_bgr).bbox
 
+    local = DexGraspVLAPlanner.from_config({"backend": "transformers", "model_path": "/models/Qwen2.5-VL-7B-Instruct"})
+
 Deadlines
 ---------
-``timeout`` is ONE deadline per attempt: connecting, sending the request, receiving the
-headers and the whole body must all finish within it, however slowly the server trickles its
-bytes. ``total_timeout`` is one deadline per call (one task, or the model discovery) across all
-attempts and backoff sleeps. When an attempt's deadline passes, its connection is closed at
-once and the attempt counts as a timeout (retried if the call's deadline leaves time).
-
-Why not the ``openai`` SDK: its ``timeout`` is httpx's timeout, which bounds each socket
-operation separately, so a server sending one byte per second never trips it (a 5 s timeout
-took 28 s). The client therefore speaks HTTP through ``httpcore`` (the engine under httpx and
-the SDK) with a small network backend, ``_DeadlineBackend``, that gives every socket operation
-(connect, TLS handshake, each send, each receive) ``min(its own timeout, time left before the
-attempt's deadline)`` and fails the operation once the deadline has passed. That bounds the
-header phase as well as the body, with no watchdog thread; the only remaining overshoot is
-the scheduler's latency. (Name resolution, ``getaddrinfo``, cannot be interrupted; use an IP
-address in ``base_url`` where that matters.) ``HTTP(S)_PROXY``/``NO_PROXY`` are honoured for
-http(s) proxies, loopback hosts are never proxied.
+``timeout`` is ONE deadline per attempt. Over HTTP: connecting, sending the request, receiving
+the headers and the whole body must all finish within it, however slowly the server trickles
+its bytes (see ``planner.backends.http_backend`` for how). For a local model: generation stops
+at the deadline (checked after every new token). ``total_timeout`` is one deadline per call
+(one task, or the model discovery) across all attempts and backoff sleeps. When an attempt's
+deadline passes, the attempt counts as a timeout (retried over HTTP if the call's deadline
+leaves time).
 
 Failures and retries
 --------------------
@@ -35,40 +34,47 @@ these attributes on it:
 
 * ``kind``: ``"timeout"``, ``"connection"``, ``"http_status"``, ``"bad_body"`` (not JSON,
   empty, truncated, not a chat completion, too large), ``"bad_reply"`` (the model's text could
-  not be parsed), or ``"deadline"`` (the call's overall deadline stopped the retries);
-* ``status``: the HTTP status, or ``None`` when no response arrived;
+  not be parsed), or ``"deadline"`` (the call's overall deadline stopped the retries). The local
+  backend adds ``"load"`` (the model folder could not be loaded), ``"bad_input"`` (the processor
+  refused the prompt or an image), ``"out_of_memory"``, ``"generation"`` (any other error in
+  ``generate``) and ``"empty_output"`` (the model produced no text);
+* ``status``: the HTTP status, or ``None`` when no response arrived (always for local models);
 * ``body_head``: ``repr`` of the first 200 characters of the body (``None`` without a body);
-* ``attempts``: how many HTTP requests the call made (the first try is attempt 1);
+* ``attempts``: how many requests the call made (the first try is attempt 1);
 * ``retryable``: whether the last failure was of a retryable kind.
 
 Retried (with exponential backoff; ``Retry-After`` is honoured up to ``max_backoff_s``), up to
 ``max_retries`` times: connection errors, timeouts, HTTP 5xx, 408 and 429, and bodies that are
-not a JSON chat completion. Other 4xx statuses are not retried. Replies whose text cannot be
-parsed (no JSON, no verdict, a bad box) are asked for again, without backoff, up to
-``parse_retries`` times. ``last_attempts`` and the episode log's ``attempts`` give the count.
+not a JSON chat completion. Other 4xx statuses are not retried, nor are local-model failures
+(load, bad input, out of memory, generation errors, timeouts: the same input would fail the
+same way). Replies whose text cannot be parsed (no JSON, no verdict, a bad box) and empty
+local outputs are asked for again, without backoff, up to ``parse_retries`` times, at
+``retry_temperature`` when set (with greedy decoding the same prompt gives the same reply, so
+a retry only helps when it samples). ``last_attempts`` and the episode log's ``attempts`` give
+the count.
 """
 
 from __future__ import annotations
 
-import contextvars
-import json
 import logging
 import math
-import os
-import re
 import time
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar, Union
-from urllib.parse import unquote, urlparse
+from typing import Any, Callable, Mapping, Optional, TypeVar, Union
 
-import httpcore
-import httpx
 import numpy as np
 
 from planner import prompts
-from planner.images import check_bgr_image, to_data_url
+from planner.backends.base import PARSE_FAILURE_KINDS, ChatTransport, Completion, TransportFailure
+from planner.backends.http_backend import (  # noqa: F401  (re-exported: planner.client was their home)
+    API_KEY_ENV_VARS,
+    BODY_HEAD_CHARS,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    HTTPTransport,
+    resolve_api_key,
+)
+from planner.images import check_bgr_image
 from planner.logger import PlannerLogger
 from planner.parsing import (
     ReplyParseError,
@@ -90,284 +96,12 @@ from planner.types import (
     PromptUnderstanding,
 )
 
-API_KEY_ENV_VARS = ("DEXGRASPVLA_PLANNER_API_KEY", "OPENAI_API_KEY")
-"""Environment variables searched, in order, for the API key."""
-
-BODY_HEAD_CHARS = 200
-"""How many characters of a bad body are quoted in errors and logs."""
-
-DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
-"""Replies larger than this are refused (a chat completion is a few kB)."""
+BACKENDS = ("http", "transformers")
+"""Values of the ``backend`` config key."""
 
 T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
-
-
-def resolve_api_key(api_key: Optional[str] = None, env_var: Optional[str] = None) -> str:
-    """Return the API key: ``api_key`` if given, else the environment.
-
-    The environment is searched in order: the variable named ``env_var`` (when given), then
-    ``API_KEY_ENV_VARS``. Returns ``"EMPTY"`` when none is set, which is what local servers
-    (vLLM, the offline planner) expect. Keys are never read from files.
-    """
-    if api_key:
-        return api_key
-    names = ((env_var,) if env_var else ()) + API_KEY_ENV_VARS
-    for name in names:
-        value = os.environ.get(name)
-        if value:
-            return value
-    return "EMPTY"
-
-
-def _check_env_name(name: Optional[str]) -> Optional[str]:
-    """``name`` if it is a valid environment variable name; ``ValueError`` otherwise."""
-    if name is None or name == "":
-        return None
-    if not isinstance(name, str) or not _ENV_NAME.match(name):
-        raise ValueError(
-            f"api_key_env must be the NAME of an environment variable holding the key (e.g. "
-            f"DEXGRASPVLA_PLANNER_API_KEY), not {'the key itself' if isinstance(name, str) else repr(name)}"
-        )
-    return name
-
-
-def _normalise_base_url(base_url: str) -> str:
-    url = base_url.rstrip("/")
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
-    if parsed.path in ("", "/"):
-        url += "/v1"
-    return url
-
-
-def _retryable_status(status: int) -> bool:
-    """HTTP statuses worth retrying: 408, 429 and every 5xx."""
-    return status in (408, 429) or status >= 500
-
-
-# ---------------------------------------------------------------------- deadline transport
-_DEADLINE: contextvars.ContextVar[Optional[float]] = contextvars.ContextVar("planner_http_deadline", default=None)
-"""``time.monotonic()`` deadline of the HTTP attempt running in this thread (``None``: none)."""
-
-
-def _bounded(timeout: Optional[float], expired: type[Exception]) -> Optional[float]:
-    """``timeout`` shortened to the time left before the current deadline; ``expired`` once it passed."""
-    deadline = _DEADLINE.get()
-    if deadline is None:
-        return timeout
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise expired("the attempt's deadline has passed")
-    return remaining if timeout is None else min(timeout, remaining)
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """A network stream whose every operation ends by the current attempt's deadline."""
-
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
-        self._stream = stream
-
-    def read(self, max_bytes: int, timeout: Optional[float] = None) -> bytes:
-        """Receive up to ``max_bytes``, waiting no longer than the deadline allows."""
-        return self._stream.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: Optional[float] = None) -> None:
-        """Send ``buffer``, taking no longer than the deadline allows."""
-        self._stream.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._stream.close()
-
-    def start_tls(
-        self,
-        ssl_context: Any,
-        server_hostname: Optional[str] = None,
-        timeout: Optional[float] = None,
-    ) -> httpcore.NetworkStream:
-        """TLS handshake, bounded by the deadline; the TLS stream is bounded too."""
-        inner = self._stream.start_tls(ssl_context, server_hostname, _bounded(timeout, httpcore.ConnectTimeout))
-        return _DeadlineStream(inner)
-
-    def get_extra_info(self, info: str) -> Any:
-        """Pass-through (socket, peer address, TLS object, ...)."""
-        return self._stream.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore network backend that bounds every socket operation by ``_DEADLINE``."""
-
-    def __init__(self, inner: Optional[httpcore.NetworkBackend] = None) -> None:
-        self._inner = inner or httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: Optional[float] = None,
-        local_address: Optional[str] = None,
-        socket_options: Optional[Iterable[Any]] = None,
-    ) -> httpcore.NetworkStream:
-        """Open a TCP connection within the deadline."""
-        stream = self._inner.connect_tcp(
-            host, port, _bounded(timeout, httpcore.ConnectTimeout), local_address=local_address,
-            socket_options=socket_options,
-        )
-        return _DeadlineStream(stream)
-
-    def connect_unix_socket(
-        self, path: str, timeout: Optional[float] = None, socket_options: Optional[Iterable[Any]] = None
-    ) -> httpcore.NetworkStream:
-        """Open a Unix-socket connection within the deadline."""
-        stream = self._inner.connect_unix_socket(
-            path, _bounded(timeout, httpcore.ConnectTimeout), socket_options=socket_options
-        )
-        return _DeadlineStream(stream)
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep (used by httpcore between connection retries, which are off here)."""
-        self._inner.sleep(seconds)
-
-
-def _make_pool(base_url: str) -> httpcore.ConnectionPool:
-    """A connection pool (or HTTP proxy pool, per ``HTTP(S)_PROXY``/``NO_PROXY``) using the deadline backend."""
-    parsed = urlparse(base_url)
-    ssl_context = httpx.create_ssl_context() if parsed.scheme == "https" else None
-    backend = _DeadlineBackend()
-    host = (parsed.hostname or "").lower()
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(parsed.scheme) or proxies.get("all")
-    if proxy and host not in _LOOPBACK_HOSTS and not urllib.request.proxy_bypass_environment(host, proxies):
-        purl = urlparse(proxy if "://" in proxy else "http://" + proxy)
-        if purl.scheme not in ("http", "https"):
-            raise ValueError(f"unsupported proxy {purl.scheme}://{purl.hostname} for the planner; use an http(s) proxy")
-        auth = (unquote(purl.username), unquote(purl.password or "")) if purl.username else None
-        netloc = purl.hostname + (f":{purl.port}" if purl.port else "")
-        return httpcore.HTTPProxy(
-            proxy_url=f"{purl.scheme}://{netloc}", proxy_auth=auth, ssl_context=ssl_context,
-            network_backend=backend,
-        )
-    return httpcore.ConnectionPool(ssl_context=ssl_context, network_backend=backend)
-
-
-# ---------------------------------------------------------------------- failures
-class _Failure(Exception):
-    """One failed attempt (internal; becomes a ``PlannerError`` when the call gives up)."""
-
-    def __init__(
-        self,
-        kind: str,
-        detail: str,
-        status: Optional[int] = None,
-        body_head: Optional[str] = None,
-        retryable: bool = True,
-        retry_after: Optional[float] = None,
-        reply: Optional[str] = None,
-    ) -> None:
-        super().__init__(detail)
-        self.kind = kind
-        self.detail = detail
-        self.status = status
-        self.body_head = body_head
-        self.retryable = retryable
-        self.retry_after = retry_after
-        self.reply = reply
-
-    def __str__(self) -> str:
-        parts = [self.detail]
-        if self.status is not None:
-            parts.append(f"HTTP {self.status}")
-        if self.body_head is not None:
-            parts.append(f"body starts {self.body_head}")
-        return "; ".join(parts)
-
-
-@dataclass
-class _HTTPReply:
-    """A complete HTTP response."""
-
-    status: int
-    content_type: str
-    body: bytes
-    retry_after: Optional[float]
-    secret: str = field(default="", repr=False)
-
-    def head(self) -> str:
-        """``repr`` of the body's first ``BODY_HEAD_CHARS`` characters (an echoed API key is masked)."""
-        cut = self.body[: BODY_HEAD_CHARS * 4]
-        text = self._mask(cut.decode("utf-8", errors="replace"))
-        truncated = len(text) > BODY_HEAD_CHARS or len(self.body) > len(cut)
-        return repr(text[:BODY_HEAD_CHARS]) + ("..." if truncated else "")
-
-    def fail(self, kind: str, detail: str, retryable: bool = True) -> _Failure:
-        """A ``_Failure`` carrying this reply's status and body head."""
-        return _Failure(kind, detail, self.status, self.head(), retryable=retryable, retry_after=self.retry_after)
-
-    def json_object(self) -> dict[str, Any]:
-        """The body as a JSON object; ``_Failure`` (``bad_body``) when it is anything else."""
-        if not self.body.strip():
-            raise self.fail("bad_body", "empty body")
-        try:
-            value = json.loads(self.body.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise self.fail("bad_body", "body is not UTF-8 text") from None
-        except ValueError as exc:
-            raise self.fail("bad_body", f"body is not valid JSON ({exc}; content-type {self.content_type!r})") from None
-        if not isinstance(value, dict):
-            raise self.fail("bad_body", f"JSON body is a {type(value).__name__}, not an object")
-        return value
-
-    def error_message(self) -> str:
-        """The ``error.message`` of an OpenAI-style error body, or ``""``."""
-        try:
-            value = json.loads(self.body.decode("utf-8"))
-        except ValueError:
-            return ""
-        error = value.get("error") if isinstance(value, dict) else None
-        message = error.get("message") if isinstance(error, dict) else error
-        return self._mask(str(message)[:BODY_HEAD_CHARS]) if message else ""
-
-    def _mask(self, text: str) -> str:
-        return text.replace(self.secret, "***") if self.secret else text
-
-
-def _retry_after(headers: Iterable[tuple[bytes, bytes]]) -> Optional[float]:
-    for name, value in headers:
-        if name.lower() == b"retry-after":
-            try:
-                seconds = float(value.decode("ascii").strip())
-            except (UnicodeDecodeError, ValueError):
-                return None  # an HTTP date: ignored, the normal backoff applies
-            return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    return None
-
-
-def _header(headers: Iterable[tuple[bytes, bytes]], wanted: bytes) -> str:
-    for name, value in headers:
-        if name.lower() == wanted:
-            return value.decode("latin-1")
-    return ""
-
-
-def _completion_text(reply: _HTTPReply) -> str:
-    """The assistant text of a chat-completion body; ``_Failure`` (``bad_body``) if it is not one."""
-    obj = reply.json_object()
-    choices = obj.get("choices")
-    if not isinstance(choices, list) or not choices:
-        what = "an error object" if "error" in obj else "not a chat completion (no 'choices')"
-        raise reply.fail("bad_body", f"JSON body is {what}")
-    message = choices[0].get("message") if isinstance(choices[0], dict) else None
-    if not isinstance(message, dict):
-        raise reply.fail("bad_body", "the chat completion's first choice has no 'message'")
-    content = message.get("content")
-    if isinstance(content, list):  # content parts, as some servers return them
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return content if isinstance(content, str) else ""
 
 
 @dataclass
@@ -383,29 +117,34 @@ class DexGraspVLAPlanner:
 
     Args:
         base_url: OpenAI-compatible endpoint, e.g. ``http://127.0.0.1:8001/v1`` (``/v1`` is
-            appended when the URL has no path).
+            appended when the URL has no path). HTTP backend only.
         model_name: model id; discovered from ``GET /v1/models`` (first entry) when ``None``.
+            HTTP backend only.
         api_key: explicit key for programmatic use; by default the key is read from the
-            environment (see ``api_key_env``). Never store keys in committed files.
-        timeout: the deadline of one attempt, in seconds: connect, send, headers and the whole
-            body, however the server trickles them (see the module docstring).
+            environment (see ``api_key_env``). Never store keys in committed files. HTTP only.
+        timeout: the deadline of one attempt, in seconds (HTTP: connect, send, headers and the
+            whole body, however the server trickles them; local model: the whole generation).
         max_retries: extra attempts after a retryable failure (timeout, connection error,
             HTTP 5xx/408/429, a body that is not a JSON chat completion), with backoff.
         bbox_format: the box convention of the model (``absolute`` pixels for Qwen2.5-VL,
-            ``normalized_1000`` for Qwen-VL).
+            ``normalized_1000`` for Qwen-VL and Qwen2-VL).
         backoff_s: first backoff delay; doubles per retry up to ``max_backoff_s``.
         max_backoff_s: longest backoff delay (also caps a server's ``Retry-After``).
         parse_retries: how many times a reply that cannot be parsed is asked for again.
-        image_format: ``png`` (lossless, default) or ``jpeg`` for the data URLs.
-        max_tokens: completion token limit per request.
-        temperature: sampling temperature sent with each request.
+        image_format: ``png`` (lossless, default) or ``jpeg`` for the data URLs (HTTP only).
+        max_tokens: completion token limit per request (``max_new_tokens`` of a local model).
+        temperature: sampling temperature of each request (0: greedy).
         episode_dir: if given, log requests there (see ``set_episode_dir``).
         total_timeout: the deadline of one call (a task, or the model discovery) across all
             attempts and backoff sleeps, in seconds. ``None`` means the natural bound
             ``timeout * (max_retries + parse_retries + 1) + max_backoff_s * (max_retries + parse_retries)``.
         api_key_env: NAME of an extra environment variable to read the key from, searched
-            before ``DEXGRASPVLA_PLANNER_API_KEY`` and ``OPENAI_API_KEY``.
-        max_response_bytes: larger reply bodies are refused (``bad_body``).
+            before ``DEXGRASPVLA_PLANNER_API_KEY`` and ``OPENAI_API_KEY``. HTTP only.
+        max_response_bytes: larger reply bodies are refused (``bad_body``). HTTP only.
+        transport: the backend (a ``planner.backends.ChatTransport``). When given, the HTTP-only
+            arguments above are not used; by default an ``HTTPTransport`` is built from them.
+        retry_temperature: temperature of the requests that re-ask after an unparsable reply;
+            ``None`` keeps ``temperature``.
     """
 
     def __init__(
@@ -427,6 +166,8 @@ class DexGraspVLAPlanner:
         total_timeout: Optional[float] = None,
         api_key_env: Optional[str] = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        transport: Optional[ChatTransport] = None,
+        retry_temperature: Optional[float] = None,
     ):
         if max_retries < 0 or parse_retries < 0:
             raise ValueError("max_retries and parse_retries must be >= 0")
@@ -435,9 +176,17 @@ class DexGraspVLAPlanner:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if backoff_s < 0 or max_backoff_s < 0:
             raise ValueError("backoff_s and max_backoff_s must be >= 0")
-        if max_response_bytes < 1:
-            raise ValueError("max_response_bytes must be >= 1")
-        self.base_url = _normalise_base_url(base_url)
+        for name, value in (("temperature", temperature), ("retry_temperature", retry_temperature)):
+            if value is not None and not (math.isfinite(float(value)) and float(value) >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if int(max_tokens) < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens!r}")
+        if transport is None:
+            transport = HTTPTransport(
+                base_url, model_name, api_key=api_key, api_key_env=api_key_env, image_format=image_format,
+                max_response_bytes=max_response_bytes,
+            )
+        self.transport: ChatTransport = transport
         self.bbox_format = BBoxFormat(bbox_format)
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
@@ -452,13 +201,9 @@ class DexGraspVLAPlanner:
         self.image_format = image_format
         self.max_tokens = int(max_tokens)
         self.temperature = float(temperature)
-        self.max_response_bytes = int(max_response_bytes)
-        self.api_key_env = _check_env_name(api_key_env)
-        self._api_key = resolve_api_key(api_key, self.api_key_env)
-        self._pool = _make_pool(self.base_url)
-        self._model = model_name
+        self.retry_temperature = None if retry_temperature is None else float(retry_temperature)
         self.last_attempts = 0
-        """HTTP attempts made by the last task call (1 when the first try succeeded)."""
+        """Requests made by the last task call (1 when the first try succeeded)."""
         self.logger: Optional[PlannerLogger] = None
         if episode_dir is not None:
             self.set_episode_dir(episode_dir)
@@ -469,10 +214,19 @@ class DexGraspVLAPlanner:
     ) -> "DexGraspVLAPlanner":
         """Build a planner from the ``planner`` config section (``inference_utils/config/planner/*.yaml``).
 
-        Keys: ``base_url``, ``model_name``, ``api_key_env``, ``timeout_s`` (per attempt),
-        ``total_timeout_s`` (per call), ``max_retries``, ``parse_retries``, ``backoff_s``,
-        ``max_backoff_s``, ``bbox_format``, ``max_response_bytes``. A literal ``api_key`` is
-        refused: keys come only from the environment (``api_key_env`` names the variable).
+        ``backend`` chooses the transport: ``http`` (default) or ``transformers``.
+
+        Keys of every backend: ``timeout_s`` (per attempt), ``total_timeout_s`` (per call),
+        ``max_retries``, ``parse_retries``, ``backoff_s``, ``max_backoff_s``, ``bbox_format``,
+        ``max_tokens`` (alias ``max_new_tokens``), ``temperature``, ``retry_temperature``.
+
+        ``http``: ``base_url``, ``model_name``, ``api_key_env``, ``max_response_bytes``. A
+        literal ``api_key`` is refused: keys come only from the environment (``api_key_env``
+        names the variable).
+
+        ``transformers``: ``model_path``, ``device``, ``dtype``, ``min_pixels``, ``max_pixels``,
+        ``attn_implementation``, ``model_name`` (see ``TransformersTransport.from_config``).
+        Nothing is loaded here; the weights load on first use or ``warm_up()``.
         """
         if cfg.get("api_key"):
             raise ValueError(
@@ -480,21 +234,35 @@ class DexGraspVLAPlanner:
                 "the key in the environment variable named by planner.api_key_env "
                 f"(default {API_KEY_ENV_VARS[0]})"
             )
+        backend = str(cfg.get("backend") or "http").strip().lower()
+        if backend not in BACKENDS:
+            raise ValueError(f"planner.backend: expected one of {', '.join(BACKENDS)}, got {cfg.get('backend')!r}")
+        max_tokens = cfg.get("max_new_tokens") if cfg.get("max_new_tokens") is not None else cfg.get("max_tokens")
         kwargs: dict[str, Any] = {
-            "base_url": str(cfg["base_url"]),
-            "model_name": cfg.get("model_name"),
-            "api_key_env": cfg.get("api_key_env"),
             "timeout": float(cfg.get("timeout_s", 60.0)),
             "max_retries": int(cfg.get("max_retries", 3)),
             "parse_retries": int(cfg.get("parse_retries", 1)),
             "backoff_s": float(cfg.get("backoff_s", 1.0)),
             "max_backoff_s": float(cfg.get("max_backoff_s", 10.0)),
             "bbox_format": str(cfg.get("bbox_format", "absolute")),
-            "max_response_bytes": int(cfg.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES)),
+            "max_tokens": int(max_tokens if max_tokens is not None else 512),
+            "temperature": float(cfg.get("temperature", 0.0) or 0.0),
+            "retry_temperature": None if cfg.get("retry_temperature") is None else float(cfg["retry_temperature"]),
             "episode_dir": episode_dir,
         }
         if cfg.get("total_timeout_s") is not None:
             kwargs["total_timeout"] = float(cfg["total_timeout_s"])
+        if backend == "transformers":
+            from planner.backends.transformers_backend import TransformersTransport  # noqa: PLC0415 (torch)
+
+            kwargs["transport"] = TransformersTransport.from_config(cfg)
+        else:
+            kwargs.update(
+                base_url=str(cfg["base_url"]),
+                model_name=cfg.get("model_name"),
+                api_key_env=cfg.get("api_key_env"),
+                max_response_bytes=int(cfg.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES)),
+            )
         return cls(**kwargs)
 
     # ------------------------------------------------------------------ set-up
@@ -504,13 +272,43 @@ class DexGraspVLAPlanner:
         return self.logger
 
     @property
+    def backend(self) -> str:
+        """The transport's name: ``http`` or ``transformers``."""
+        return self.transport.name
+
+    @property
+    def base_url(self) -> Optional[str]:
+        """The HTTP endpoint (``None`` for a local model)."""
+        return getattr(self.transport, "base_url", None)
+
+    @property
+    def _model(self) -> Optional[str]:
+        """The model id if known (kept for callers that set it directly)."""
+        return self.transport.model
+
+    @_model.setter
+    def _model(self, value: Optional[str]) -> None:
+        self.transport.model = value
+
+    @property
     def model_name(self) -> str:
-        """The model id, discovered from ``/v1/models`` on first use if not given."""
+        """The model id (over HTTP discovered from ``/v1/models`` on first use if not given)."""
         return self._discover_model(None, time.monotonic() + self.total_timeout, _Attempts())
 
+    def warm_up(self) -> str:
+        """Resolve the model id and get the backend ready (the local backend loads its weights), so
+        that an unusable planner fails before the robot moves. Returns the model id; raises
+        ``PlannerError`` (e.g. ``kind="load"``) otherwise. Loading is not bounded by ``timeout``."""
+        model = self._discover_model(None, time.monotonic() + self.total_timeout, _Attempts())
+        try:
+            self.transport.warm_up(time.monotonic() + self.total_timeout)
+        except TransportFailure as failure:
+            raise self._give_up(None, "preparing the model", failure, _Attempts(1), "not_retryable") from None
+        return model
+
     def close(self) -> None:
-        """Close the pooled HTTP connections."""
-        self._pool.close()
+        """Release the transport's resources (pooled HTTP connections)."""
+        self.transport.close()
 
     def __enter__(self) -> "DexGraspVLAPlanner":
         return self
@@ -614,13 +412,13 @@ class DexGraspVLAPlanner:
 
     # ------------------------------------------------------------------ messages
     def _build_messages(self, prompt: prompts.Prompt, image_names: list[str]) -> tuple[list, list]:
-        """Return (messages for the API, messages for the log with image file names)."""
+        """Return (messages for the transport, messages for the log with image file names)."""
         parts, log_parts = [], []
         names = iter(image_names)
         for part in prompt.parts:
             if isinstance(part, prompts.ImagePart):
                 image = check_bgr_image(part.image, part.role)
-                parts.append({"type": "image_url", "image_url": {"url": to_data_url(image, self.image_format)}})
+                parts.append(self.transport.image_part(image))
                 log_parts.append({"type": "image_url", "image_url": {"url": next(names, f"<{part.role}>")}})
             else:
                 parts.append({"type": "text", "text": part})
@@ -631,61 +429,7 @@ class DexGraspVLAPlanner:
             [system, {"role": "user", "content": log_parts}],
         )
 
-    # ------------------------------------------------------------------ HTTP
-    def _exchange(self, method: str, path: str, payload: Optional[dict[str, Any]], deadline: float) -> _HTTPReply:
-        """One HTTP request that ends by ``deadline`` (``time.monotonic()``) whatever the server does.
-
-        Raises ``_Failure`` (``timeout``/``connection``/``bad_body``) for anything but a complete response.
-        """
-        body = None if payload is None else json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        headers = [
-            (b"Accept", b"application/json"),
-            (b"Accept-Encoding", b"identity"),
-            (b"Authorization", f"Bearer {self._api_key}".encode("latin-1", errors="replace")),
-            (b"User-Agent", b"dexgraspvla-planner"),
-        ]
-        if body is not None:
-            headers.append((b"Content-Type", b"application/json"))
-        status: Optional[int] = None
-        received = bytearray()
-        budget = max(0.0, deadline - time.monotonic())
-        token = _DEADLINE.set(deadline)
-        try:
-            timeouts = {"connect": budget, "read": budget, "write": budget, "pool": budget}
-            with self._pool.stream(
-                method, self.base_url + path, headers=headers, content=body, extensions={"timeout": timeouts}
-            ) as response:
-                status = response.status
-                content_type = _header(response.headers, b"content-type")
-                retry_after = _retry_after(response.headers)
-                for chunk in response.iter_stream():
-                    received += chunk
-                    if len(received) > self.max_response_bytes:
-                        partial = _HTTPReply(status, content_type, bytes(received), retry_after, self._secret())
-                        raise partial.fail("bad_body", f"body larger than {self.max_response_bytes} bytes")
-            return _HTTPReply(status, content_type, bytes(received), retry_after, self._secret())
-        except httpcore.TimeoutException as exc:
-            partial = _HTTPReply(status or 0, "", bytes(received), None, self._secret())
-            raise _Failure(
-                "timeout",
-                f"timed out: no complete reply within the attempt's {budget:.3g} s deadline "
-                f"({type(exc).__name__}; {len(received)} body byte(s) received)",
-                status, partial.head() if status is not None else None,
-            ) from None
-        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.ProxyError) as exc:
-            partial = _HTTPReply(status or 0, "", bytes(received), None, self._secret())
-            raise _Failure(
-                "connection", f"connection failed ({type(exc).__name__}: {exc or 'no detail'})",
-                status, partial.head() if status is not None else None,
-            ) from None
-        except httpcore.UnsupportedProtocol as exc:
-            raise _Failure("connection", f"cannot request {self.base_url + path}: {exc}", retryable=False) from None
-        finally:
-            _DEADLINE.reset(token)
-
-    def _secret(self) -> str:
-        return self._api_key if self._api_key not in ("", "EMPTY") else ""
-
+    # ------------------------------------------------------------------ retries
     def _backoff(self, retry_number: int, retry_after: Optional[float]) -> float:
         """Delay before retry ``retry_number`` (1-based): exponential, at least ``Retry-After``, capped."""
         delay = self.backoff_s * (2 ** (retry_number - 1))
@@ -697,40 +441,31 @@ class DexGraspVLAPlanner:
         self,
         task: Optional[str],
         what: str,
-        method: str,
-        path: str,
-        payload: Optional[dict[str, Any]],
-        interpret: Callable[[_HTTPReply], T],
+        attempt: Callable[[float, int], T],
         deadline: float,
         attempts: _Attempts,
     ) -> T:
-        """Send the request until ``interpret`` accepts a reply, per the retry policy; count attempts.
+        """Call ``attempt(attempt_deadline, parse_failures_so_far)`` until it returns, per the retry
+        policy; count attempts.
 
-        ``interpret`` turns a 2xx reply into the result or raises ``_Failure``. Raises
-        ``PlannerError`` (with ``kind``, ``status``, ``body_head``, ``attempts``, ``retryable``).
+        ``attempt`` makes one request and returns the result or raises ``TransportFailure``.
+        Raises ``PlannerError`` (with ``kind``, ``status``, ``body_head``, ``attempts``, ``retryable``).
         """
         transport_failures = parse_failures = 0
-        last: Optional[_Failure] = None
+        last: Optional[TransportFailure] = None
         while True:
             now = time.monotonic()
             if now >= deadline:
                 raise self._give_up(task, what, last, attempts, "deadline")
             attempts.count += 1
             try:
-                reply = self._exchange(method, path, payload, min(deadline, now + self.timeout))
-                if not 200 <= reply.status < 300:
-                    message = reply.error_message()
-                    raise reply.fail(
-                        "http_status", f"server answered HTTP {reply.status}" + (f": {message}" if message else ""),
-                        retryable=_retryable_status(reply.status),
-                    )
-                result = interpret(reply)
+                result = attempt(min(deadline, now + self.timeout), parse_failures)
                 if attempts.count > 1:
                     _log.info("planner %s%s succeeded on attempt %d", what, f" [{task}]" if task else "", attempts.count)
                 return result
-            except _Failure as failure:
+            except TransportFailure as failure:
                 last = failure
-                if failure.kind == "bad_reply":
+                if failure.kind in PARSE_FAILURE_KINDS:
                     parse_failures += 1
                     if parse_failures > self.parse_retries:
                         raise self._give_up(task, what, failure, attempts, "parse_retries") from None
@@ -752,20 +487,20 @@ class DexGraspVLAPlanner:
                     time.sleep(delay)
 
     def _give_up(
-        self, task: Optional[str], what: str, failure: Optional[_Failure], attempts: _Attempts, reason: str
+        self, task: Optional[str], what: str, failure: Optional[TransportFailure], attempts: _Attempts, reason: str
     ) -> PlannerError:
         """The ``PlannerError`` for a call that stops retrying (``reason`` says why)."""
         n = attempts.count
         if failure is None:
             message = f"{what}: the call's {self.total_timeout:g} s deadline passed before a request was sent"
-        elif failure.kind == "bad_reply":
+        elif failure.kind in PARSE_FAILURE_KINDS:
             message = f"unusable reply after {n} attempt(s): {failure.detail}"
         else:
             message = f"{what} failed after {n} attempt(s): {failure}"
         if failure is not None and reason == "deadline":
             message += f"; stopped: the call's overall deadline of {self.total_timeout:g} s was reached"
         elif reason == "not_retryable" and failure is not None:
-            message += "; not retried (a request error, not a transient one)"
+            message += f"; not retried ({failure.no_retry_note})"
         error = PlannerError(message, task=task, reply=failure.reply if failure is not None else None)
         error.kind = "deadline" if reason == "deadline" else (failure.kind if failure else "deadline")
         error.status = failure.status if failure else None
@@ -776,22 +511,15 @@ class DexGraspVLAPlanner:
         return error
 
     def _discover_model(self, task: Optional[str], deadline: float, attempts: _Attempts) -> str:
-        """The model id: the configured one, else the first entry of ``GET /models``."""
-        if self._model is not None:
-            return self._model
+        """The model id: the configured or known one, else the transport discovers it (HTTP: ``GET /models``)."""
+        if self.transport.model is not None:
+            return self.transport.model
 
-        def interpret(reply: _HTTPReply) -> str:
-            data = reply.json_object().get("data")
-            if not isinstance(data, list):
-                raise reply.fail("bad_body", "JSON body is not a model list (no 'data' list)")
-            first = data[0] if data else None
-            model = first.get("id") if isinstance(first, dict) else None
-            if not isinstance(model, str) or not model:
-                raise reply.fail("bad_body", f"the server at {self.base_url} lists no models", retryable=False)
-            return model
+        def attempt(attempt_deadline: float, parse_failures: int) -> str:
+            return self.transport.discover_model(attempt_deadline)
 
-        self._model = self._with_retries(task, "listing models", "GET", "/models", None, interpret, deadline, attempts)
-        return self._model
+        self.transport.model = self._with_retries(task, "listing models", attempt, deadline, attempts)
+        return self.transport.model
 
     def _run(self, prompt: prompts.Prompt, parse: Callable[[str], T]) -> T:
         """Send one task prompt and parse the reply, with retries, deadlines and logging."""
@@ -807,26 +535,32 @@ class DexGraspVLAPlanner:
         chat, discovery = _Attempts(), _Attempts()
         result: Optional[T] = None
         error: Optional[str] = None
+        usage: dict[str, Any] = {}
 
-        def interpret(reply: _HTTPReply) -> T:
-            text = _completion_text(reply)
-            chat.reply = text
+        def attempt(attempt_deadline: float, parse_failures: int) -> T:
+            temperature = self.temperature
+            if parse_failures and self.retry_temperature is not None:
+                temperature = self.retry_temperature
             try:
-                return parse(text)
+                reply: Completion = self.transport.complete(
+                    messages, model=model, max_tokens=self.max_tokens, temperature=temperature,
+                    deadline=attempt_deadline,
+                )
+            except TransportFailure as failure:
+                if failure.reply is not None:
+                    chat.reply = failure.reply
+                raise
+            chat.reply = reply.text
+            usage.clear()
+            usage.update(reply.usage)
+            try:
+                return parse(reply.text)
             except ReplyParseError as exc:
-                raise _Failure("bad_reply", str(exc), reply.status, reply.head(), reply=text) from None
+                raise TransportFailure("bad_reply", str(exc), reply.status, reply.body_head, reply=reply.text) from None
 
         try:
             model = self._discover_model(task, deadline, discovery)
-            payload = {
-                "model": model,
-                "messages": messages,
-                "max_tokens": self.max_tokens,
-                "temperature": self.temperature,
-            }
-            result = self._with_retries(
-                task, "chat completion", "POST", "/chat/completions", payload, interpret, deadline, chat
-            )
+            result = self._with_retries(task, self.transport.request_name, attempt, deadline, chat)
             return result
         except PlannerError as exc:
             error = str(exc)
@@ -834,9 +568,11 @@ class DexGraspVLAPlanner:
         finally:
             self.last_attempts = chat.count
             if self.logger:
-                extra: dict[str, Any] = {"model": self._model, "base_url": self.base_url}
+                extra: dict[str, Any] = {"model": self.transport.model, **self.transport.log_info()}
                 if discovery.count:
                     extra["model_discovery_attempts"] = discovery.count
+                if usage:
+                    extra["usage"] = dict(usage)
                 self.logger.write(
                     index,
                     task,
@@ -848,4 +584,3 @@ class DexGraspVLAPlanner:
                     error=error,
                     extra=extra,
                 )
-
