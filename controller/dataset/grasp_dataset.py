@@ -22,7 +22,8 @@ image is read: samples carry the frozen backbones' tokens and only the head targ
              'right_state':   float32 (T, 13)}, 'action': ..., 'action_is_pad': ...}
 
 When the cache holds K > 1 jittered copies per frame, each sample draws one with ``torch.randint``
-(deterministic under the training seed: workers are seeded by the DataLoader from the torch RNG).
+(deterministic: the training loaders wrap the dataset in ``controller.common.samplers.EpochSeededDataset``,
+which seeds each sample's draw from (seed, epoch, index), so a resumed epoch picks the same copies).
 """
 from __future__ import annotations
 
