@@ -14,6 +14,9 @@ JSON and Markdown (``--out``, default benchmarks/results/sim_success). Columns a
 as separate processes (e.g. one per CPU core) and be combined afterwards::
 
     python benchmarks/sim_success.py --merge OUT_A OUT_B [...] --out OUT
+
+``--remote HOST:PORT`` (instead of ``--checkpoint``) asks a policy server (``python -m
+controller.serve``) for the chunks; noise and temporal ensemble stay here (as in-process).
 """
 from __future__ import annotations
 
@@ -82,6 +85,10 @@ def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint")
+    ap.add_argument("--remote", metavar="HOST:PORT", help="use a policy server instead of --checkpoint")
+    ap.add_argument("--token-env", default=None, metavar="NAME",
+                    help="environment variable with the policy server's token (default DEXGRASPVLA_POLICY_TOKEN)")
+    ap.add_argument("--remote-timeout", type=float, default=30.0, help="seconds to wait for one remote chunk")
     ap.add_argument("--merge", nargs="+", metavar="DIR", help="combine earlier reports instead of evaluating")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--splits", nargs="+", default=SPLITS)
@@ -104,8 +111,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out)
-    if not args.checkpoint:
-        ap.error("--checkpoint is required (unless --merge)")
+    if bool(args.checkpoint) == bool(args.remote):
+        ap.error("give --checkpoint or --remote HOST:PORT (unless --merge)")
 
     import torch
     from tqdm import tqdm
@@ -131,7 +138,17 @@ def main(argv=None) -> int:
     n_samples = args.num_samples
     if n_samples < 1:
         ap.error(f"--num-samples must be >= 1, got {n_samples}")
-    policy = ChunkPolicy.from_checkpoint(args.checkpoint, temporal_ensemble=decay, num_samples=n_samples)
+    if args.remote:
+        from sim.evaluate import connect_remote
+        try:
+            policy = connect_remote(args.remote, args.token_env, args.remote_timeout, temporal_ensemble=decay,
+                                    num_samples=n_samples)
+        except (ValueError, ConnectionError, RuntimeError) as exc:
+            ap.error(str(exc))
+        checkpoint = f"remote {policy.url}: {policy.metadata['model_id']} ({policy.metadata['checkpoint_sha256']})"
+    else:
+        policy = ChunkPolicy.from_checkpoint(args.checkpoint, temporal_ensemble=decay, num_samples=n_samples)
+        checkpoint = args.checkpoint
     config = SimConfig(time_limit_s=args.time_limit)
     rows = {}
     for split in args.splits:
@@ -170,7 +187,7 @@ def main(argv=None) -> int:
                            "records": recs}
         rows[split] = row
 
-    write_report(args.checkpoint, args.episodes, rows, args.out)
+    write_report(checkpoint, args.episodes, rows, args.out)
     return 0
 
 

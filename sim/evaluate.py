@@ -13,6 +13,11 @@ Policy protocol: ``predict_chunk(raw_obs) -> (64, 13)``; an optional ``reset()``
 start of every episode and an optional ``consumed(n)`` after the ``n`` actions of a chunk that were
 executed. The deployment defaults (``controller.policy.defaults``) apply: ``--num-samples K``
 chunks averaged per observation, ``--temporal-ensemble DECAY|off`` blending of overlapping chunks.
+
+``--remote HOST:PORT`` (instead of ``--checkpoint``) evaluates the policy a policy server serves
+(``python -m controller.serve``, the runtime's ``controller.type=remote``); the noise and the
+temporal ensemble stay in this process, so the episodes equal an in-process run of the same
+checkpoint on a CPU. The token is read from ``--token-env`` (default DEXGRASPVLA_POLICY_TOKEN).
 """
 from __future__ import annotations
 
@@ -135,10 +140,26 @@ def load_policy(checkpoint: str, device: str = "cpu", temporal_ensemble: float |
                                        num_samples=num_samples)
 
 
+def connect_remote(address: str, token_env: str | None = None, timeout_s: float = 30.0,
+                   reconnect_attempts: int = 3, temporal_ensemble: float | None = None, num_samples: int = 1):
+    """A :class:`controller.policy_server.client.RemoteChunkPolicy` connected to ``HOST:PORT``."""
+    from controller.policy_server.client import RemoteChunkPolicy, parse_address
+    from controller.policy_server.protocol import TOKEN_ENV_VAR
+    host, port = parse_address(address)
+    return RemoteChunkPolicy(host, port, token_env=token_env or TOKEN_ENV_VAR, timeout_s=timeout_s,
+                             reconnect_attempts=reconnect_attempts, temporal_ensemble=temporal_ensemble,
+                             num_samples=num_samples)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m sim.evaluate``."""
     p = argparse.ArgumentParser(prog="python -m sim.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="controller checkpoint")
+    p.add_argument("--checkpoint", help="controller checkpoint (or --remote)")
+    p.add_argument("--remote", metavar="HOST:PORT", help="use the policy server there (python -m controller.serve)")
+    p.add_argument("--token-env", default=None, metavar="NAME",
+                   help="environment variable with the policy server's token (default DEXGRASPVLA_POLICY_TOKEN)")
+    p.add_argument("--remote-timeout", type=float, default=30.0, help="seconds to wait for one remote chunk")
+    p.add_argument("--reconnect-attempts", type=int, default=3, help="reconnects to the policy server, then stop")
     p.add_argument("--split", nargs="+", default=["train"], help=f"one or more of: {', '.join(SPLITS)}, or all")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=1000, help="first scene seed")
@@ -163,10 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         decay = parse_decay(args.temporal_ensemble)
         if args.num_samples < 1:
             raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-    except (SimConfigError, ValueError) as exc:
+        if bool(args.checkpoint) == bool(args.remote):
+            raise ValueError("give either --checkpoint or --remote HOST:PORT")
+        policy = (connect_remote(args.remote, args.token_env, args.remote_timeout, args.reconnect_attempts, decay,
+                                 args.num_samples) if args.remote else None)
+    except (SimConfigError, ValueError, ConnectionError, RuntimeError) as exc:  # RuntimeError: server refused
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    policy = load_policy(args.checkpoint, args.device, decay, args.num_samples)
+    if policy is None:
+        policy = load_policy(args.checkpoint, args.device, decay, args.num_samples)
     results = {}
     for s in splits:
         r = run_evaluation(policy, s, args.episodes, args.seed, args.video, args.out, args.execute, config)
@@ -174,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{s:20s} success {r['success_rate'] * 100:5.1f} %  "
               f"(95 % CI {r['wilson95'][0] * 100:.1f}-{r['wilson95'][1] * 100:.1f}, n={r['episodes']})")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "summary.json").write_text(json.dumps({"checkpoint": args.checkpoint, "splits": results}, indent=2))
+    source = args.checkpoint or (f"remote {policy.url}: {policy.metadata['model_id']} "
+                                 f"({policy.metadata['checkpoint_sha256']})")
+    (Path(args.out) / "summary.json").write_text(json.dumps({"checkpoint": source, "splits": results}, indent=2))
     return 0
 
 

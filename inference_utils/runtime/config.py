@@ -5,6 +5,7 @@ real), ``planner`` (offline, vllm) and ``perception`` (classic, learned).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
 from urllib.parse import urlparse
@@ -64,6 +65,25 @@ def _number(cfg: DictConfig, key: str, lo: float, hi: float, *, integer: bool = 
         raise ConfigError(f"{key}: {value} is out of range {'(' if lo_open else '['}{lo}, {hi}]")
 
 
+def _validate_remote(cfg: DictConfig) -> None:
+    """``controller.remote``: where the policy server is and how long to wait for it."""
+    remote = OmegaConf.select(cfg, "controller.remote")
+    if not isinstance(remote, DictConfig):
+        raise ConfigError("controller.remote: controller.type=remote needs host, port, token_env, timeout_s")
+    host = remote.get("host")
+    if not isinstance(host, str) or not host.strip() or any(c in host for c in "/?#@ "):
+        raise ConfigError(f"controller.remote.host: expected a host name or IP address, got {host!r}")
+    _number(cfg, "controller.remote.port", 1, 65535, integer=True)
+    _number(cfg, "controller.remote.timeout_s", 0, 3600, lo_open=True)
+    _number(cfg, "controller.remote.connect_timeout_s", 0, 600, lo_open=True)
+    _number(cfg, "controller.remote.reconnect_attempts", 0, 100, integer=True)
+    _number(cfg, "controller.remote.reconnect_delay_s", 0, 60)
+    token_env = remote.get("token_env")
+    if not isinstance(token_env, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", token_env):
+        raise ConfigError(f"controller.remote.token_env: expected an environment variable name, got {token_env!r} "
+                          "(the token itself is read from that variable, never from the config)")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check every value the loop relies on; raises :class:`ConfigError` naming the field.
 
@@ -87,11 +107,14 @@ def validate_config(cfg: DictConfig) -> None:
         section = OmegaConf.select(cfg, f"robot.{key}")
         if not isinstance(section, DictConfig) or not section.get("type"):
             raise ConfigError(f"robot.{key}.type: every device needs a type (e.g. sim, realsense, realman, modbus)")
-    if cfg.controller.type not in ("policy", "expert"):
-        raise ConfigError(f"controller.type: expected 'policy' or 'expert', got {cfg.controller.type!r}")
-    if cfg.controller.type == "policy":
+    if cfg.controller.type not in ("policy", "remote", "expert"):
+        raise ConfigError(f"controller.type: expected 'policy', 'remote' or 'expert', got {cfg.controller.type!r}")
+    if cfg.controller.type in ("policy", "remote"):
         _number(cfg, "controller.temporal_ensemble", 0, 1e3, optional=True)
         _number(cfg, "controller.num_samples", 1, 256, integer=True, optional=True)
+    if cfg.controller.type == "remote":
+        _validate_remote(cfg)
+    elif cfg.controller.type == "policy":
         if str(cfg.controller.get("precision", "auto")) not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"controller.precision: expected auto, fp32 or bf16, got {cfg.controller.precision!r}")
         ckpt = cfg.controller.checkpoint
