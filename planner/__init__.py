@@ -1,11 +1,15 @@
-"""DexGraspVLA planner: OpenAI-compatible VLM client (one typed method per task) and offline server.
+"""DexGraspVLA planner: one typed method per task over a VLM backend, and an offline server.
+
+Backends (``planner.backends``): an OpenAI-compatible server over HTTP (``backend: http``) or
+Qwen2-VL / Qwen2.5-VL run locally with transformers (``backend: transformers``, imported lazily).
 
 Public API::
 
     from planner import DexGraspVLAPlanner, BBoxFormat, PlannerError
 """
 
-from planner.client import API_KEY_ENV_VARS, DexGraspVLAPlanner, resolve_api_key
+from planner.backends import ChatTransport, HTTPTransport
+from planner.client import API_KEY_ENV_VARS, BACKENDS, DexGraspVLAPlanner, resolve_api_key
 from planner.logger import PlannerLogger
 from planner.types import (
     BBox,
@@ -20,7 +24,7 @@ from planner.types import (
 )
 
 __all__ = [
-    "API_KEY_ENV_VARS", "BBox", "BBoxFormat", "BoxPrediction", "CompletionCheck", "DexGraspVLAPlanner",
-    "GraspVerification", "Instruction", "PlannerError", "PlannerLogger", "PromptUnderstanding", "Task",
-    "resolve_api_key",
+    "API_KEY_ENV_VARS", "BACKENDS", "BBox", "BBoxFormat", "BoxPrediction", "ChatTransport", "CompletionCheck",
+    "DexGraspVLAPlanner", "GraspVerification", "HTTPTransport", "Instruction", "PlannerError", "PlannerLogger",
+    "PromptUnderstanding", "Task", "resolve_api_key",
 ]

@@ -14,13 +14,16 @@ from inference_utils.runtime.episode_log import EpisodeLog
 def build_planner(cfg: Mapping[str, Any], episode_dir: Path) -> Any:
     """A :class:`planner.DexGraspVLAPlanner` from the ``planner`` config section.
 
-    The model name is resolved here (``GET /v1/models`` when not configured), so an unreachable
-    server fails before any motion.
+    ``planner.backend`` picks the transport (``http``, the default: an OpenAI-compatible server;
+    ``transformers``: a local Qwen2-VL / Qwen2.5-VL folder), in ``DexGraspVLAPlanner.from_config``.
+    The planner is made ready here (HTTP: the model name is resolved with ``GET /v1/models`` when
+    not configured; local: the weights are loaded, once per process), so an unreachable server or
+    an unloadable model fails before any motion.
     """
     from planner import DexGraspVLAPlanner  # noqa: PLC0415
 
     planner = DexGraspVLAPlanner.from_config(cfg, episode_dir=episode_dir)  # keys: from_config's docstring
-    _ = planner.model_name
+    planner.warm_up()
     return planner
 
 
