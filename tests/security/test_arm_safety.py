@@ -14,9 +14,9 @@ import time
 import numpy as np
 import pytest
 
-from inference_utils.arm_emulator import ArmEmulator
 from inference_utils.devices import RealManArm
 from inference_utils.robot_spec import ARM_LOWER, ARM_UPPER
+from tests.polling import wait_until
 
 DEG = np.pi / 180.0
 #: Documented defaults (inference_utils/devices/safety.py): pi rad/s per joint, dt capped at 0.05 s.
@@ -24,15 +24,6 @@ MAX_VEL = np.pi
 MAX_DT = 0.05
 #: 0.001 degree wire resolution and float noise.
 TOL = 1e-4
-
-
-def wait_until(predicate, timeout=5.0, period=0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(period)
-    return predicate()
 
 
 def wait_quiet(emu, quiet_s=0.1, timeout=5.0):
@@ -81,21 +72,6 @@ def assert_velocity_bound(frames, q_start, t0, frame_dt_cap, max_vel=MAX_VEL):
             f"{np.rad2deg(allowed.max() if np.ndim(allowed) else allowed):.2f} deg")
         worst = max(worst, float(moved.max()))
     return worst
-
-
-@pytest.fixture
-def emu():
-    emulator = ArmEmulator(host="127.0.0.1", port=0).start()
-    yield emulator
-    emulator.stop()
-
-
-@pytest.fixture
-def arm(emu):
-    a = RealManArm(host="127.0.0.1", port=emu.port, timeout_s=2.0)
-    a.connect()
-    yield a
-    a.disconnect()
 
 
 def test_rapid_sends_cannot_add_up(arm, emu):

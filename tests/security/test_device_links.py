@@ -21,17 +21,9 @@ from inference_utils.devices import (
     RealManArm,
 )
 from inference_utils.hand_emulator import HandEmulator
+from tests.polling import wait_until
 
 DEG = np.pi / 180.0
-
-
-def wait_until(predicate, timeout=5.0, period=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(period)
-    return predicate()
 
 
 @pytest.fixture

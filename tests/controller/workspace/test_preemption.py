@@ -22,6 +22,7 @@ from controller.common.samplers import EpochSeededDataset, EpochShuffleSampler, 
 from controller.workspace.train_workspace import (TrainDexGraspVLAControllerWorkspace, TrainingPreempted,
                                                   preempted_message, signal_number)
 from tests.controller.conftest import REPO, compose_cfg
+from tests.controller.workspace.test_training import _log, _weights
 
 BASE = ["policy=tiny", "logging.mode=disabled", "task.dataset.val_ratio=0.25"]
 PLAIN = ["dataloader.num_workers=0"]
@@ -37,15 +38,6 @@ def _overrides(data, extra):
 def _train_in_process(out_dir, data, extra=()):
     cfg = compose_cfg(_overrides(data, extra))
     return TrainDexGraspVLAControllerWorkspace(cfg, output_dir=str(out_dir)).run()
-
-
-def _log(run_dir):
-    with open(os.path.join(run_dir, "logs.json.txt")) as f:
-        return [json.loads(line) for line in f]
-
-
-def _weights(run_dir, name="latest"):
-    return load_file(os.path.join(run_dir, "checkpoints", name, "model.safetensors"))
 
 
 def _assert_same_weights(a_dir, b_dir, name="latest"):

@@ -14,15 +14,7 @@ from inference_utils.devices import (
     HandRegisterMap,
 )
 from inference_utils.hand_emulator import HandEmulator
-
-
-def wait_until(predicate, timeout=3.0, period=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(period)
-    return predicate()
+from tests.polling import wait_until
 
 
 def test_connect_writes_speed_and_force(hand_emulator, make_modbus_hand):

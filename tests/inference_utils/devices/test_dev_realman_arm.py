@@ -17,17 +17,9 @@ from inference_utils.devices import (
 )
 from inference_utils.devices.interpolation import CubicStreamInterpolator
 from inference_utils.robot_spec import ARM_LOWER, ARM_UPPER
+from tests.polling import wait_until
 
 DEG = np.pi / 180.0
-
-
-def wait_until(predicate, timeout=3.0, period=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(period)
-    return predicate()
 
 
 def test_connect_reads_joints_state_and_pose(arm, arm_emulator):
