@@ -33,7 +33,8 @@ def _positive(kind: type):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m controller.serve", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m controller.serve", description=__doc__.split("\n")[0],
+                                allow_abbrev=False)  # "--token SECRET" must not pass for --token-env
     p.add_argument("--checkpoint", required=True, help="checkpoint directory written by training / export")
     p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0: any free port)")

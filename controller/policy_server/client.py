@@ -130,13 +130,12 @@ class RemoteChunkPolicy:
 
     def _open(self) -> None:
         from websockets.exceptions import InvalidHandshake, InvalidStatus, WebSocketException  # noqa: PLC0415
-        from websockets.sync.client import connect  # noqa: PLC0415
 
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         try:
-            ws = connect(self.url, additional_headers=headers, compression=None, proxy=None,
-                         open_timeout=self.connect_timeout_s, max_size=self.max_reply_bytes, max_queue=4,
-                         ping_interval=self.ping_interval_s, ping_timeout=self.ping_timeout_s, close_timeout=2)
+            ws = open_websocket(self.url, additional_headers=headers, open_timeout=self.connect_timeout_s,
+                                max_size=self.max_reply_bytes, max_queue=4, ping_interval=self.ping_interval_s,
+                                ping_timeout=self.ping_timeout_s, close_timeout=2)
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):
@@ -306,6 +305,21 @@ class RemoteChunkPolicy:
                                 f"{getattr(actions, 'shape', type(actions).__name__)}")
         self.last_timing = reply.get("timing") if isinstance(reply.get("timing"), dict) else {}
         return reply
+
+
+def open_websocket(url: str, **kwargs: Any) -> Any:
+    """A long-lived synchronous websocket connection (``websockets.sync.client.connect`` without
+    compression or proxy; on websockets >= 17 the historical, non-context-manager form explicitly)."""
+    import inspect  # noqa: PLC0415
+
+    from websockets.sync.client import connect  # noqa: PLC0415
+
+    kwargs.setdefault("compression", None)
+    if "proxy" in inspect.signature(connect).parameters:
+        kwargs.setdefault("proxy", None)  # never route the robot's policy traffic through an HTTP proxy
+    if "legacy" in inspect.signature(connect).parameters:
+        kwargs.setdefault("legacy", True)
+    return connect(url, **kwargs)
 
 
 def wait_for_server(host: str, port: int, timeout_s: float = 60.0) -> None:
