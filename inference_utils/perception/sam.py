@@ -44,19 +44,45 @@ class SamSegmenter(Segmenter):
             problems.append(bad)
         if problems:
             raise PerceptionDependencyError("sam", problems)
-        from segment_anything import SamPredictor, sam_model_registry
+        from segment_anything import sam_model_registry
 
-        self.checkpoint = os.path.expanduser(str(checkpoint))
+        checkpoint = os.path.expanduser(str(checkpoint))
+        try:
+            model = sam_model_registry[model_type](checkpoint=checkpoint)
+        except Exception as exc:  # wrong file / wrong model type
+            raise RuntimeError(f"could not load SAM {model_type} weights from '{checkpoint}' "
+                               f"(does the file match model_type={model_type!r}?): {exc}") from exc
+        self._setup(model, device, multimask)
+        self.checkpoint = checkpoint
         self.model_type = model_type
+
+    @classmethod
+    def from_model(cls, model, device: str = "cpu", multimask: bool = True) -> "SamSegmenter":
+        """Wrap an already built ``segment_anything`` ``Sam`` model (no checkpoint checks).
+
+        For models built in code, e.g. ``sam_model_registry["vit_b"](checkpoint=None)`` (random
+        weights: tests and latency benchmarks) or a model shared with other components.
+        """
+        try:
+            from segment_anything.modeling import Sam
+        except ImportError:
+            raise PerceptionDependencyError("sam", [SAM_INSTALL_HINT]) from None
+        if not isinstance(model, Sam):
+            raise TypeError(f"expected a segment_anything Sam model, got {type(model).__name__}")
+        self = cls.__new__(cls)
+        self._setup(model, device, multimask)
+        self.checkpoint = None
+        self.model_type = None
+        return self
+
+    def _setup(self, model, device: str, multimask: bool) -> None:
+        from segment_anything import SamPredictor
+
         self.device = str(device)
         self.multimask = bool(multimask)
-        try:
-            model = sam_model_registry[model_type](checkpoint=self.checkpoint)
-        except Exception as exc:  # wrong file / wrong model type
-            raise RuntimeError(f"could not load SAM {model_type} weights from '{self.checkpoint}' "
-                               f"(does the file match model_type={model_type!r}?): {exc}") from exc
         model.to(device=self.device)
         model.eval()
+        self.model = model
         self._predictor = SamPredictor(model)
         self._image_key = None
 
