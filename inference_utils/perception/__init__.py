@@ -6,13 +6,15 @@ Back-ends (chosen by configuration, see :mod:`.factory`):
 component   weight-free (default)   learned (optional)
 =========== ======================= ===================================================
 segmenter   ``grabcut`` (OpenCV)    ``sam``: ``pip install -e .[sam]`` + a local SAM checkpoint
-tracker     ``flow`` (flow+colour)  ``cutie``: Cutie from source + ``cutie-base-mega.pth``
+                                    ``sam2``: SAM 2 (see docs/perception.md) + a local checkpoint
+tracker     ``flow`` (flow+colour)  ``cutie``: a Cutie clone + ``cutie-base-mega.pth``
+                                    ``sam2``: SAM 2 streaming video segmentation + checkpoint
 =========== ======================= ===================================================
 
-Installing Cutie (it is not on PyPI)::
+Using Cutie (it is not on PyPI)::
 
     git clone https://github.com/hkchengrex/Cutie.git
-    pip install -e Cutie
+    # set tracker.code_path to the clone (or `pip install -e Cutie`, which needs GitHub access)
     # weights: download manually, then set tracker.weights to the file (default location
     # <torch hub dir>/weights/cutie-base-mega.pth)
     # https://github.com/hkchengrex/Cutie/releases/download/v1.0/cutie-base-mega.pth
@@ -37,6 +39,7 @@ from .flow_tracker import FlowTracker
 from .grabcut import GrabCutSegmenter
 from .masks import mask_iou, mask_to_box
 from .sam import SamSegmenter
+from .sam2_backend import Sam2Segmenter, Sam2Tracker
 
 __all__ = [
     "Segmenter",
@@ -46,6 +49,8 @@ __all__ = [
     "PerceptionDependencyError",
     "GrabCutSegmenter",
     "SamSegmenter",
+    "Sam2Segmenter",
+    "Sam2Tracker",
     "FlowTracker",
     "CutieTracker",
     "SEGMENTER_BACKENDS",

@@ -2,12 +2,15 @@
 
 Configuration shape (both sections optional)::
 
-    segmenter: {backend: grabcut | sam | auto, checkpoint: path|null, model_type: vit_h, device: cpu}
-    tracker:   {backend: flow | cutie | auto, weights: path|null, device: cpu, reseg_every: 10,
-                reacquire: true}
+    segmenter: {backend: grabcut | sam | sam2 | auto, checkpoint: path|null, model_type: vit_h, device: cpu}
+    tracker:   {backend: flow | cutie | sam2 | auto, weights: path|null, device: cpu, reseg_every: 10,
+                reacquire: true, code_path: null}
 
-``auto`` picks the learned back-end when its package and weights are available and falls back
-(with a warning) to the weight-free one otherwise.
+``model_type`` is ``vit_h``/``vit_l``/``vit_b`` for ``sam`` and e.g. ``sam2.1_hiera_l`` for
+``sam2`` (see ``SAM2_MODEL_TYPES``); ``code_path`` is a local Cutie clone (Cutie is not on PyPI).
+
+``auto`` picks the learned back-end (SAM, Cutie) when its package and weights are available and
+falls back (with a warning) to the weight-free one otherwise.
 """
 from __future__ import annotations
 
@@ -20,18 +23,20 @@ from .errors import PerceptionDependencyError
 
 __all__ = ["build_segmenter", "build_tracker", "SEGMENTER_BACKENDS", "TRACKER_BACKENDS"]
 
-SEGMENTER_BACKENDS = ("grabcut", "sam", "auto")
-TRACKER_BACKENDS = ("flow", "cutie", "auto")
+SEGMENTER_BACKENDS = ("grabcut", "sam", "sam2", "auto")
+TRACKER_BACKENDS = ("flow", "cutie", "sam2", "auto")
 
 _SEG_OPTS = {
     "grabcut": {"iterations", "context", "max_side", "border_frac", "min_area_frac"},
     "sam": {"checkpoint", "model_type", "device", "multimask"},
+    "sam2": {"checkpoint", "model_type", "device", "multimask", "hydra_overrides"},
 }
 _TRK_OPTS = {
     "flow": {"reseg_every", "max_roi_side", "margin", "prior_in", "prior_out", "prior_width",
              "fg_rate", "bg_rate", "min_margin", "near_frac", "change_thresh", "prior_occ", "occ_rate", "prior_keep",
              "reacquire", "lost_frac", "lost_patience"},
-    "cutie": {"weights", "device", "max_internal_size", "mem_every"},
+    "cutie": {"weights", "device", "max_internal_size", "mem_every", "code_path"},
+    "sam2": {"weights", "model_type", "device", "fill_hole_area", "hydra_overrides"},
 }
 
 
@@ -80,7 +85,7 @@ def build_segmenter(cfg: Optional[Mapping] = None) -> Segmenter:
 
     Raises:
         ValueError: unknown backend (the message lists the valid ones).
-        PerceptionDependencyError: ``sam`` without the package or the checkpoint file.
+        PerceptionDependencyError: ``sam``/``sam2`` without the package or the checkpoint file.
     """
     sec = _section(cfg, "segmenter")
     backend = _check_backend(sec.get("backend", "grabcut"), SEGMENTER_BACKENDS, "segmenter")
@@ -95,6 +100,10 @@ def build_segmenter(cfg: Optional[Mapping] = None) -> Segmenter:
         from .sam import SamSegmenter
 
         return SamSegmenter(checkpoint=opts.pop("checkpoint", None), **opts)
+    if backend == "sam2":
+        from .sam2_backend import Sam2Segmenter
+
+        return Sam2Segmenter(checkpoint=opts.pop("checkpoint", None), **opts)
     from .grabcut import GrabCutSegmenter
 
     return GrabCutSegmenter(**opts)
@@ -105,7 +114,8 @@ def build_tracker(cfg: Optional[Mapping] = None) -> MaskTracker:
 
     Raises:
         ValueError: unknown backend (the message lists the valid ones).
-        PerceptionDependencyError: ``cutie`` without the package or the weight file.
+        PerceptionDependencyError: ``cutie``/``sam2`` without the package (or Cutie clone) or
+            the weight file.
     """
     sec = _section(cfg, "tracker")
     backend = _check_backend(sec.get("backend", "flow"), TRACKER_BACKENDS, "tracker")
@@ -120,6 +130,10 @@ def build_tracker(cfg: Optional[Mapping] = None) -> MaskTracker:
         from .cutie_tracker import CutieTracker
 
         return CutieTracker(weights_path=opts.pop("weights", None), **opts)
+    if backend == "sam2":
+        from .sam2_backend import Sam2Tracker
+
+        return Sam2Tracker(weights=opts.pop("weights", None), **opts)
     from .flow_tracker import FlowTracker
 
     return FlowTracker(**opts)

@@ -88,3 +88,51 @@ def test_auto_falls_back_with_warning(monkeypatch):
         assert isinstance(build_segmenter({"segmenter": {"backend": "auto"}}), GrabCutSegmenter)
     with pytest.warns(UserWarning, match="Cutie unavailable"):
         assert isinstance(build_tracker({"tracker": {"backend": "auto"}}), FlowTracker)
+
+
+def test_sam2_missing_package_message(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "sam2", None)  # import fails even if installed
+    ckpt = tmp_path / "sam2.1_hiera_tiny.pt"
+    ckpt.write_bytes(b"x")
+    for build, section, key in ((build_segmenter, "segmenter", "checkpoint"), (build_tracker, "tracker", "weights")):
+        with pytest.raises(PerceptionDependencyError) as err:
+            build({section: {"backend": "sam2", key: str(ckpt), "model_type": "sam2.1_hiera_t"}})
+        msg = str(err.value)
+        assert "SAM2_BUILD_CUDA=0" in msg and "--no-build-isolation" in msg and "sam2==1.1.0" in msg
+        assert "not found" not in msg  # the checkpoint exists: only the package is reported
+
+
+def test_sam2_missing_checkpoint_message(tmp_path):
+    path = tmp_path / "weights" / "sam2.1_hiera_large.pt"
+    with pytest.raises(PerceptionDependencyError) as err:
+        build_segmenter({"segmenter": {"backend": "sam2", "checkpoint": str(path), "model_type": "sam2.1_hiera_l"}})
+    msg = str(err.value)
+    assert str(path) in msg and "download it manually" in msg
+    assert "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_large.pt" in msg
+    with pytest.raises(PerceptionDependencyError, match="tracker.weights"):
+        build_tracker({"tracker": {"backend": "sam2", "weights": None}})
+    with pytest.raises(ValueError, match="sam2.1_hiera_t, sam2.1_hiera_s"):
+        build_segmenter({"segmenter": {"backend": "sam2", "model_type": "vit_h"}})
+    with pytest.raises(ValueError, match="flow, cutie, sam2"):
+        build_tracker({"tracker": {"backend": "xmem"}})
+
+
+def test_perception_config_files_name_known_backends_and_keys():
+    """Every inference_utils/config/perception/*.yaml builds its back-ends with no unknown key."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from inference_utils.perception import factory
+
+    files = sorted((Path(factory.__file__).resolve().parents[1] / "config" / "perception").glob("*.yaml"))
+    assert {f.stem for f in files} >= {"classic", "learned", "sam2"}
+    for f in files:
+        cfg = OmegaConf.to_container(OmegaConf.load(f))
+        for name, valid, table in (("segmenter", factory.SEGMENTER_BACKENDS, factory._SEG_OPTS),
+                                   ("tracker", factory.TRACKER_BACKENDS, factory._TRK_OPTS)):
+            sec = cfg[name]
+            assert sec["backend"] in valid, f.name
+            if sec["backend"] in table:
+                known = set().union(*table.values()) | {"backend"}
+                assert set(sec) <= known, (f.name, set(sec) - known)
