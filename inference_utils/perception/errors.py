@@ -51,9 +51,11 @@ SAM_INSTALL_HINT = (
 CUTIE_WEIGHTS_URL = "https://github.com/hkchengrex/Cutie/releases/download/v1.0/cutie-base-mega.pth"
 
 CUTIE_INSTALL_HINT = (
-    "the Python package 'cutie' is not importable. Cutie is not on PyPI; install it from source: "
-    "`git clone https://github.com/hkchengrex/Cutie.git && pip install -e Cutie` "
-    "(it also needs hydra-core and omegaconf, which this project already depends on)"
+    "the Python package 'cutie' is not importable. Cutie is not on PyPI: clone it "
+    "(`git clone https://github.com/hkchengrex/Cutie.git`) and set `tracker.code_path` to the clone, "
+    "or install the clone with `pip install -e Cutie` (which also fetches a training-only "
+    "dependency from GitHub). Inference needs only hydra-core and omegaconf, which this project "
+    "already depends on"
 )
 
 
