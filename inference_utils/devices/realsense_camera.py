@@ -104,6 +104,14 @@ class RealSenseCamera(Camera):
         elif self.serial is not None:
             config.enable_device(self.serial)
         config.enable_stream(rs.stream.color, self.width, self.height, rs.format.bgr8, self.fps)
+        if self.bag_path is not None and not self.real_time:
+            # Switch the playback device to non-real-time BEFORE it starts: set after start(), a loaded
+            # machine played the first frames in real time and dropped them. resolve() creates the
+            # playback device and the config hands that same device to start().
+            try:
+                config.resolve(pipeline).get_device().as_playback().set_real_time(False)
+            except RuntimeError as exc:
+                raise DeviceConnectionError(f"{self.label}: cannot open recording {self.bag_path!r}: {exc}") from exc
         try:
             profile = pipeline.start(config)
         except RuntimeError as exc:
