@@ -154,7 +154,8 @@ class PolicyServer:
     def _process_request(self, connection: Any, request: Any) -> Any:
         if request.path == "/healthz":
             return connection.respond(http.HTTPStatus.OK, "OK\n")
-        if self.token is not None and not bearer_token_matches(request.headers.get("Authorization"), self.token):
+        given = request.headers.get_all("Authorization")  # exactly one header, holding the token
+        if self.token is not None and not (len(given) == 1 and bearer_token_matches(given[0], self.token)):
             self.stats["refused_handshakes"] += 1
             LOG.warning("refused a connection from %s: missing or wrong token", connection.remote_address)
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong token "

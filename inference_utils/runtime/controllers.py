@@ -97,7 +97,8 @@ class RemoteChunkController:
         self.policy = RemoteChunkPolicy(
             str(remote.get("host", "127.0.0.1")), int(remote.get("port", 8765)),
             token_env=str(remote.get("token_env", "DEXGRASPVLA_POLICY_TOKEN")),
-            timeout_s=float(remote.get("timeout_s", 30.0)), connect_timeout_s=float(remote.get("connect_timeout_s", 10.0)),
+            timeout_s=float(remote.get("timeout_s", 30.0)),
+            connect_timeout_s=float(remote.get("connect_timeout_s", 10.0)),
             reconnect_attempts=int(remote.get("reconnect_attempts", 3)),
             reconnect_delay_s=float(remote.get("reconnect_delay_s", 0.5)),
             num_samples=int(num_samples), temporal_ensemble=temporal_ensemble, generator=generator)

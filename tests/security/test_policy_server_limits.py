@@ -82,7 +82,10 @@ def test_wrong_or_missing_token_is_refused_in_the_handshake(start_server, raw_ob
     with pytest.raises(InvalidStatus) as status:
         raw_client(server, additional_headers={"Authorization": basic})
     assert status.value.response.status_code == 401
-    assert server.stats["connections"] == 0 and server.stats["refused_handshakes"] == 4
+    with pytest.raises(InvalidStatus) as status:  # a second Authorization header is not ignored
+        raw_client(server, additional_headers=[("Authorization", f"Bearer {TOKEN}"), ("Authorization", "Bearer x")])
+    assert status.value.response.status_code == 401
+    assert server.stats["connections"] == 0 and server.stats["refused_handshakes"] == 5
     monkeypatch.setenv(TOKEN_ENV_VAR, TOKEN)  # the client reads the token from the environment
     with RemoteChunkPolicy(port=server.port) as remote:
         assert remote.metadata["token_required"] is True

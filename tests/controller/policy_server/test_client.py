@@ -157,3 +157,24 @@ def test_remote_config_is_validated(override, field):
     validate_config(compose_config(["controller.type=remote", "mode=manual"]))  # the shipped defaults are valid
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         validate_config(compose_config(["controller.type=remote", "mode=manual", override]))
+
+
+def test_runtime_remote_controller_equals_the_in_process_one(start_server, raw_obs):
+    """Same ``controller.seed``, samples and ensemble: the runtime's remote controller returns the
+    in-process controller's chunks exactly."""
+    from inference_utils.runtime.controllers import PolicyController, RemoteChunkController, build_controller
+
+    server = start_server()
+    local = PolicyController(str(CHECKPOINT), "cpu", seed=3, temporal_ensemble=0.1, num_samples=2)
+    remote = build_controller({"type": "remote", "remote": {"port": server.port}, "seed": 3,
+                               "temporal_ensemble": 0.1, "num_samples": 2})
+    assert isinstance(remote, RemoteChunkController) and remote.horizon == local.horizon == 64
+    assert not remote.supports_attention
+    for c in (local, remote):
+        c.start_attempt(None)
+    for i in range(2):
+        obs = raw_obs(240, 320, seed=i)
+        assert np.array_equal(local.predict_chunk(obs), remote.predict_chunk(obs)), i
+        local.consumed(6)
+        remote.consumed(6)
+    remote.close()
