@@ -68,3 +68,22 @@ def test_sim_evaluate_cli_with_remote(start_server, tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["checkpoint"].startswith(f"remote ws://127.0.0.1:{server.port}: controller_small_sim")
     assert main(["--episodes", "1"]) == 2  # neither --checkpoint nor --remote
+
+
+def test_sim_success_benchmark_with_remote(start_server, tmp_path):
+    import sys
+
+    from tests.controller.policy_server.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import sim_success
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    server = start_server()
+    out = tmp_path / "table"
+    assert sim_success.main(["--remote", f"127.0.0.1:{server.port}", "--episodes", "1", "--splits", "train",
+                             "--columns", "controller", "--time-limit", "0.3", "--num-samples", "1",
+                             "--out", str(out)]) == 0
+    report = json.loads((out / "sim_success.json").read_text())
+    assert report["checkpoint"].startswith("remote ws://127.0.0.1:") and report["rows"]["train"]["controller"]["n"] == 1
