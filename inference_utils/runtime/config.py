@@ -126,9 +126,17 @@ def validate_config(cfg: DictConfig) -> None:
     elif cfg.robot.arm.type != "sim":
         raise ConfigError("controller.type=expert: the scripted expert needs the simulated arm (robot=sim)")
     if cfg.mode == "planner":
-        url = urlparse(str(cfg.planner.base_url or ""))
-        if url.scheme not in ("http", "https") or not url.netloc:
-            raise ConfigError(f"planner.base_url: expected an http(s) URL, got {cfg.planner.base_url!r}")
+        backend = str(cfg.planner.get("backend", "http"))
+        if backend == "http":
+            url = urlparse(str(cfg.planner.get("base_url") or ""))
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise ConfigError(f"planner.base_url: expected an http(s) URL, got {cfg.planner.get('base_url')!r}")
+        elif backend == "transformers":
+            if not cfg.planner.get("model_path"):
+                raise ConfigError("planner.model_path: the transformers planner needs the local model folder "
+                                  "(e.g. planner.model_path=/models/Qwen2.5-VL-7B-Instruct)")
+        else:
+            raise ConfigError(f"planner.backend: expected 'http' or 'transformers', got {backend!r}")
         _number(cfg, "planner.timeout_s", 0, 3600, lo_open=True)
         _number(cfg, "planner.max_retries", 0, 20, integer=True)
         if cfg.non_interactive and not (cfg.prompt or "").strip():
