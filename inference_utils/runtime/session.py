@@ -180,9 +180,11 @@ def _run(cfg: DictConfig, env: Any, loop: Any, log: Any, summary: dict) -> int:
 
 
 def _shutdown(env: Any, agent: Any, recorder: Any, log: Any, summary: dict) -> None:
-    """Flush the recorder, disconnect devices, close the planner; failures are logged only."""
+    """Flush the recorder, disconnect devices, close the planner and the controller (a remote
+    controller's connection); failures are logged only."""
     steps = [("recorder", recorder and recorder.close), ("devices", env and env.disconnect),
-             ("planner", agent and agent.planner and agent.planner.close)]
+             ("planner", agent and agent.planner and agent.planner.close),
+             ("controller", agent and getattr(agent.controller, "close", None))]
     for name, step in steps:
         if not step:
             continue
