@@ -27,6 +27,7 @@ files, the first tensor whose header entry does not fit the file), never a raw
 from __future__ import annotations
 
 import calendar
+import contextlib
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -556,20 +558,86 @@ def _fmt_keys(keys: Sequence[str]) -> str:
     return ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
 
 
-def _read_ema(ckpt_dir: str, policy: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """EMA weights checked against the raw ones: complete (see :func:`read_safetensors`; the
-    policy's trainable parameters name what is missing), no unknown tensor, no other shape."""
-    path = os.path.join(ckpt_dir, EMA_FILE)
-    trainable = [n for n, p in policy.named_parameters() if p.requires_grad and n in sd]
-    ema = read_safetensors(path, expected=trainable)
-    unknown = sorted(set(ema) - set(sd))
-    if unknown:
-        raise CheckpointError(f"'{path}' has tensors {MODEL_FILE} lacks: {_fmt_keys(unknown)}")
-    wrong = sorted(k for k in ema if tuple(ema[k].shape) != tuple(sd[k].shape))
-    if wrong:
-        raise CheckpointError(f"'{path}': shape mismatch with {MODEL_FILE}: " + _fmt_keys(
-            [f"{k}: {tuple(ema[k].shape)} vs {tuple(sd[k].shape)}" for k in wrong]))
-    return ema
+_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                 "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64, "BOOL": torch.bool,
+                 "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "C64": torch.complex64}
+
+
+class _TensorFile:
+    """A safetensors file read one tensor at a time (for :func:`load_policy_weights`).
+
+    The header is checked as :func:`read_safetensors` checks it (every entry fits the file, the
+    recorded tensor count); ``shapes`` lists the tensors without reading any. :meth:`get` reads one
+    tensor with plain file reads into fresh memory: a loader that copies it into its parameter and
+    drops it holds the model plus one tensor. (``load_file`` holds every tensor of the file at
+    once; tensors of ``safe_open`` are views of a memory map, whose pages count in the resident
+    set once copied from, until the file is closed: either way a second copy of the model.)"""
+
+    def __init__(self, path: str, expected: Optional[Iterable[str]] = None) -> None:
+        if not os.path.isfile(path):
+            raise CheckpointError(f"'{path}' is missing")
+        header = _validated_header(path)
+        self.path = path
+        self.entries = {k: v for k, v in header.items() if k != "__metadata__"}
+        self.shapes = {k: tuple(v["shape"]) for k, v in self.entries.items()}
+        metadata = header.get("__metadata__")
+        count = metadata.get(TENSOR_COUNT_KEY) if isinstance(metadata, dict) else None
+        if isinstance(count, str) and count.isdigit() and int(count) != len(self.shapes):
+            absent = sorted(set(expected or ()) - set(self.shapes))
+            raise CheckpointError(f"'{path}' is incomplete or altered: it holds {len(self.shapes)} tensors but was "
+                                  f"saved with {count}" + (f"; missing: {_fmt_keys(absent)}" if absent else ""))
+        for name, entry in self.entries.items():  # checked before anything is copied
+            if entry.get("dtype") not in _TORCH_DTYPES:
+                raise CheckpointError(f"'{path}': tensor '{name}' has dtype {entry.get('dtype')!r}, not one "
+                                      f"safetensors writes (damaged header?)")
+        self._file = None
+        self._data_start = 0
+
+    def __enter__(self) -> "_TensorFile":
+        try:
+            self._file = open(self.path, "rb")
+            self._data_start = 8 + int.from_bytes(self._file.read(8), "little")
+        except OSError as exc:
+            raise CheckpointError(f"could not read '{self.path}': {exc}") from exc
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file = None
+
+    def get(self, name: str) -> torch.Tensor:
+        entry = self.entries[name]
+        begin, end = entry["data_offsets"]
+        dtype = _TORCH_DTYPES[entry["dtype"]]
+        if sys.byteorder != "little":  # the file is little-endian: on other hosts the library decodes
+            from safetensors import safe_open
+            with safe_open(self.path, framework="pt") as f:
+                return f.get_tensor(name).clone()
+        out = torch.empty(end - begin, dtype=torch.uint8)
+        try:
+            self._file.seek(self._data_start + begin)
+            got = self._file.readinto(out.numpy()) if end > begin else 0
+        except OSError as exc:
+            raise CheckpointError(f"could not read '{self.path}': tensor '{name}': {exc}") from exc
+        if got != end - begin:
+            raise CheckpointError(f"could not read '{self.path}': tensor '{name}' is truncated "
+                                  f"({got} of {end - begin} bytes)")
+        return out.view(dtype).reshape(self.shapes[name])
+
+
+def _loads_plainly(policy: torch.nn.Module) -> bool:
+    """True when ``load_state_dict`` would only copy tensors into place (no module but the
+    normaliser, loaded on its own, overrides ``_load_from_state_dict`` or has load hooks)."""
+    from controller.model.common.normalizer import LinearNormalizer
+    for m in policy.modules():
+        if isinstance(m, LinearNormalizer):
+            continue
+        if (type(m)._load_from_state_dict is not torch.nn.Module._load_from_state_dict
+                or m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks):
+            return False
+    return not policy._load_state_dict_post_hooks
 
 
 def load_policy_weights(policy: torch.nn.Module, ckpt_dir: str, use_ema: bool = False,
@@ -581,45 +649,80 @@ def load_policy_weights(policy: torch.nn.Module, ckpt_dir: str, use_ema: bool = 
     With ``use_ema`` and no ``ema.safetensors`` the raw weights are used, unless ``meta.json``
     says the checkpoint was saved with EMA (then the file is missing: an error).
 
+    Memory: names and shapes are checked from the files' headers first; then each tensor is read
+    and copied into its parameter on its own, so loading needs the model plus one tensor (reading
+    whole files first held a second copy of the model: +2.2 GB for the paper preset). A tensor
+    the EMA file holds is read from there only. An I/O error while copying leaves the policy
+    partly loaded (the error says so); nothing of a file that does not fit is copied.
+
     Raises :class:`CheckpointError` listing missing/unexpected keys and shape mismatches, or
     naming the damaged file (and tensor).
     """
     ckpt_dir = resolve_checkpoint_dir(ckpt_dir)
     path = os.path.join(ckpt_dir, MODEL_FILE)
-    sd = read_safetensors(path)
+    model_file = _TensorFile(path)
+    shapes = dict(model_file.shapes)
+    source = dict.fromkeys(shapes, model_file)
+    files = [model_file]
     if use_ema:
-        if os.path.isfile(os.path.join(ckpt_dir, EMA_FILE)):
-            sd.update(_read_ema(ckpt_dir, policy, sd))
+        ema_path = os.path.join(ckpt_dir, EMA_FILE)
+        if os.path.isfile(ema_path):  # EMA weights checked against the raw ones: complete, known, same shapes
+            trainable = [n for n, p in policy.named_parameters() if p.requires_grad and n in shapes]
+            ema_file = _TensorFile(ema_path, expected=trainable)
+            unknown = sorted(set(ema_file.shapes) - set(shapes))
+            if unknown:
+                raise CheckpointError(f"'{ema_path}' has tensors {MODEL_FILE} lacks: {_fmt_keys(unknown)}")
+            wrong = sorted(k for k, s in ema_file.shapes.items() if s != shapes[k])
+            if wrong:
+                raise CheckpointError(f"'{ema_path}': shape mismatch with {MODEL_FILE}: " + _fmt_keys(
+                    [f"{k}: {ema_file.shapes[k]} vs {shapes[k]}" for k in wrong]))
+            source.update(dict.fromkeys(ema_file.shapes, ema_file))
+            files.append(ema_file)
         elif read_meta(ckpt_dir).get("has_ema"):
-            raise CheckpointError(f"'{os.path.join(ckpt_dir, EMA_FILE)}' is missing although "
+            raise CheckpointError(f"'{ema_path}' is missing although "
                                   f"'{os.path.join(ckpt_dir, META_FILE)}' says the checkpoint has EMA weights")
-    if hasattr(policy, "normalizer"):  # a fresh policy's normaliser is empty: create its fields first
-        nsd = {k[len("normalizer."):]: v for k, v in sd.items() if k.startswith("normalizer.")}
-        if not nsd:
-            raise CheckpointError(f"checkpoint '{path}' has no normaliser ('normalizer.*' keys)")
-        try:
-            policy.normalizer.load_state_dict(nsd)
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"'{path}': the normaliser tensors ('normalizer.*') do not load: {exc}") from exc
-    own = policy.state_dict()
-    missing = sorted(set(own) - set(sd))
-    if allow_missing_backbones:
-        missing = [k for k in missing if not k.startswith(BACKBONE_PREFIXES)]
-    new_modules = [k for k in missing if allow_new_zero_init and k.startswith(ZERO_INIT_PREFIXES)]
-    missing = [k for k in missing if k not in new_modules]
-    unexpected = sorted(set(sd) - set(own))
-    wrong = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append("shape mismatch: " + _fmt_keys([f"{k}: checkpoint {tuple(sd[k].shape)} vs model "
-                                                        f"{tuple(own[k].shape)}" for k in wrong]))
-        if missing:
-            parts.append(f"missing keys: {_fmt_keys(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_fmt_keys(unexpected)}")
-        raise CheckpointError(f"checkpoint '{path}' does not fit the model ({'; '.join(parts)}). "
-                              f"Check that the policy preset/config matches the one it was trained with.")
+    with contextlib.ExitStack() as stack:
+        for f in files:
+            stack.enter_context(f)
+        if hasattr(policy, "normalizer"):  # a fresh policy's normaliser is empty: create its fields first
+            nsd = {k[len("normalizer."):]: source[k].get(k) for k in shapes if k.startswith("normalizer.")}
+            if not nsd:
+                raise CheckpointError(f"checkpoint '{path}' has no normaliser ('normalizer.*' keys)")
+            try:
+                policy.normalizer.load_state_dict(nsd)
+            except Exception as exc:  # noqa: BLE001
+                raise CheckpointError(f"'{path}': the normaliser tensors ('normalizer.*') do not load: {exc}") from exc
+            del nsd
+        own = policy.state_dict()
+        missing = sorted(set(own) - set(shapes))
+        if allow_missing_backbones:
+            missing = [k for k in missing if not k.startswith(BACKBONE_PREFIXES)]
+        new_modules = [k for k in missing if allow_new_zero_init and k.startswith(ZERO_INIT_PREFIXES)]
+        missing = [k for k in missing if k not in new_modules]
+        unexpected = sorted(set(shapes) - set(own))
+        wrong = sorted(k for k in set(own) & set(shapes) if tuple(own[k].shape) != shapes[k])
+        if missing or unexpected or wrong:
+            parts = []
+            if wrong:
+                parts.append("shape mismatch: " + _fmt_keys([f"{k}: checkpoint {shapes[k]} vs model "
+                                                            f"{tuple(own[k].shape)}" for k in wrong]))
+            if missing:
+                parts.append(f"missing keys: {_fmt_keys(missing)}")
+            if unexpected:
+                parts.append(f"unexpected keys: {_fmt_keys(unexpected)}")
+            raise CheckpointError(f"checkpoint '{path}' does not fit the model ({'; '.join(parts)}). "
+                                  f"Check that the policy preset/config matches the one it was trained with.")
+        if _loads_plainly(policy):
+            # what load_state_dict does for plain modules (copy_ under no_grad), one tensor at a time
+            try:
+                with torch.no_grad():
+                    for k, dest in own.items():
+                        if k in shapes and not k.startswith("normalizer."):
+                            dest.copy_(source[k].get(k))
+            except CheckpointError as exc:
+                raise CheckpointError(f"{exc} (the policy is left partly loaded)") from exc
+            return {"path": path, "missing": [k for k in own if k not in shapes], "new_zero_init": new_modules}
+        sd = {k: source[k].get(k) for k in shapes}  # a module with its own loading logic: load_state_dict
     try:
         result = policy.load_state_dict(sd, strict=not (allow_missing_backbones or new_modules))
     except RuntimeError as exc:
