@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # DexGraspVLA inference (simulator by default). Examples:
-#   ./inference.sh --prompt "clear the table" --non_interactive controller.type=expert
+#   ./inference.sh --prompt "clear the table" --non-interactive controller.type=expert
 #   ./inference.sh robot=real controller.checkpoint=CKPT_DIR planner.base_url=http://HOST:8000/v1 \
-#       --save_deployment_data --gen_attn_map
+#       --save-deployment-data --gen-attn-map
 # The offline planner server: python -m planner.server --host 127.0.0.1 --port 8001
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -48,7 +48,7 @@ PYEOF
 done
 
 set +e
-./inference.sh --prompt "clear the table" --non_interactive --save_deployment_data "planner.base_url=http://127.0.0.1:$PORT/v1" \
+./inference.sh --prompt "clear the table" --non-interactive --save-deployment-data "planner.base_url=http://127.0.0.1:$PORT/v1" \
   "logging.root=$LOG_ROOT" "${CONTROLLER[@]}" sim.seed=1 "sim.n_objects=[3,3]" "$@"
 RC=$?
 set -e

@@ -30,5 +30,5 @@ $PY -m sim.evaluate --checkpoint "$OUT/run/checkpoints/latest" --split train --e
   --seed 100000 --video 2 --out "$OUT/eval"
 
 echo "[train-demo] 4/4 attention maps -> $OUT/run/attention_maps/visualizations"
-$PY attention_map_visualizer.py --attn_maps_dir "$OUT/run/attention_maps" --quiet
+$PY attention_map_visualizer.py --attn-maps-dir "$OUT/run/attention_maps" --quiet
 echo "[train-demo] done: checkpoint $OUT/run/checkpoints/latest, videos and summary in $OUT/eval"

@@ -11,7 +11,7 @@ sample this module writes:
 ``<stem>_sample<b>_images.png``
     head image, its mask, head attention (mean over all blocks and heads at the last chosen
     step) upsampled over the image, wrist image and overlay, and the token-part masses.
-``<stem>_sample<b>_perhead_step<s>_{head,wrist,mass}.png`` (``--per_head``)
+``<stem>_sample<b>_perhead_step<s>_{head,wrist,mass}.png`` (``--per-head``)
     blocks x heads grids at one step, and per-head token-part masses.
 
 The data preparation (``prepare_*``) is plain numpy and separate from the drawing (``render_*``)
@@ -360,15 +360,17 @@ def visualize_file(path: str | Path, out_dir: str | Path, *, steps: str | None =
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from inference_utils.cli_common import ArgumentParser  # noqa: PLC0415 - kebab flags, old spellings
+
+    p = ArgumentParser(
         prog="attention_map_visualizer.py",
         description="Render the controller's cross-attention maps (.npz files written by the "
                     "policy) as PNG figures: an overview per file and sample (blocks x denoising "
                     "steps, head-averaged heat maps over the head and wrist token grids, token-"
                     "part masses), the attention over the camera images, and optionally "
                     "per-head detail.")
-    p.add_argument("--attn_maps_dir", required=True, help="directory holding the *.npz files")
-    p.add_argument("--out_dir", default=None, help="where to write PNGs "
+    p.add_argument("--attn-maps-dir", required=True, help="directory holding the *.npz files")
+    p.add_argument("--out-dir", default=None, help="where to write PNGs "
                    "(default: ATTN_MAPS_DIR/visualizations)")
     p.add_argument("--steps", type=_spec_type("steps"), default=None,
                    help="denoising steps to show: 'all', indices like '0,7,-1', "
@@ -377,11 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DiT blocks to show (default all); e.g. '::2' for every other block")
     p.add_argument("--sample", default="0", help="sample index within each file, or 'all' "
                    "(default 0)")
-    p.add_argument("--per_head", action="store_true",
+    p.add_argument("--per-head", action="store_true",
                    help="also write blocks x heads figures for one step")
-    p.add_argument("--per_head_step", type=int, default=-1,
-                   help="denoising step index for --per_head (default -1, the last)")
-    p.add_argument("--log_scale", action="store_true",
+    p.add_argument("--per-head-step", type=int, default=-1,
+                   help="denoising step index for --per-head (default -1, the last)")
+    p.add_argument("--log-scale", action="store_true",
                    help="logarithmic colour scale (3 decades below the maximum)")
     p.add_argument("--dpi", type=int, default=110, help="PNG resolution (default 110)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")

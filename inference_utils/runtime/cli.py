@@ -2,13 +2,16 @@
 
 Examples::
 
-    python inference.py --prompt "clear the table" --non_interactive controller.type=expert
+    python inference.py --prompt "clear the table" --non-interactive controller.type=expert
     python inference.py --manual --bbox 300,200,380,260 controller.checkpoint=ckpt/latest
     python inference.py robot=real controller.checkpoint=ckpt/latest planner.base_url=http://gpu:8000/v1 \\
-        --save_deployment_data --gen_attn_map
+        --save-deployment-data --gen-attn-map
 
-Flags are parsed with argparse; every other argument must be a Hydra override ``key=value``
-applied to ``inference_utils/config/inference.yaml``.
+Flags are parsed with argparse (kebab-case; the old underscore spellings such as
+``--save_deployment_data`` are still accepted with a deprecation note); every other argument must
+be a Hydra override ``key=value`` applied to ``inference_utils/config/inference.yaml``. Nothing
+heavy (omegaconf, hydra, torch, mujoco) is imported before the arguments are parsed, so ``--help``
+answers at once.
 """
 from __future__ import annotations
 
@@ -16,24 +19,21 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from omegaconf import OmegaConf, open_dict
-
-from inference_utils.runtime.config import ConfigError, compose_config
-from inference_utils.stop_signals import install_stop_handlers, restore_handlers
+from inference_utils.cli_common import ArgumentParser
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The flag parser (Hydra overrides are passed through)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="inference.py", description="DexGraspVLA inference loop (planner + controller).",
         epilog="Any other argument is a Hydra override, e.g. robot=real controller.checkpoint=DIR "
                "planner.base_url=http://HOST:PORT/v1 sim.n_objects=[2,2] loop.max_attempts=5")
     parser.add_argument("--manual", action="store_true", help="operator marks the box; no planner")
-    parser.add_argument("--save_deployment_data", action="store_true", help="write HDF5 + MP4 per attempt")
-    parser.add_argument("--gen_attn_map", action="store_true", help="save controller attention maps")
+    parser.add_argument("--save-deployment-data", action="store_true", help="write HDF5 + MP4 per attempt")
+    parser.add_argument("--gen-attn-map", action="store_true", help="save controller attention maps")
     parser.add_argument("--prompt", default=None, help="user instruction (planner mode)")
     parser.add_argument("--bbox", default=None, help="manual box x1,y1,x2,y2 in head-image pixels")
-    parser.add_argument("--non_interactive", "--yes", action="store_true",
+    parser.add_argument("--non-interactive", "--yes", action="store_true",
                         help="never read the terminal (scripts, CI)")
     parser.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     return parser
@@ -41,9 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None, events: Sequence = ()) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run a session, return the exit code."""
-    from inference_utils.runtime.session import EXIT_CONFIG, run_session  # noqa: PLC0415
-
     args, overrides = build_parser().parse_known_args(argv)
+    # heavy imports only after parsing: --help must not pay for omegaconf / torch / mujoco
+    from omegaconf import OmegaConf, open_dict  # noqa: PLC0415
+
+    from inference_utils.runtime.config import ConfigError, compose_config  # noqa: PLC0415
+    from inference_utils.runtime.session import EXIT_CONFIG, run_session  # noqa: PLC0415
+    from inference_utils.stop_signals import install_stop_handlers, restore_handlers  # noqa: PLC0415
+
     try:
         cfg = compose_config(overrides)
     except ConfigError as exc:

@@ -126,6 +126,12 @@ def validate_config(cfg: DictConfig) -> None:
     elif cfg.robot.arm.type != "sim":
         raise ConfigError("controller.type=expert: the scripted expert needs the simulated arm (robot=sim)")
     if cfg.mode == "planner":
+        if str(OmegaConf.select(cfg, "robot.camera_head.type")) == "synthetic":
+            # The synthetic camera draws a colour gradient, not a scene: the planner would find no
+            # object and the run would "complete" 0/0. Refuse before anything connects.
+            raise ConfigError(f"robot={cfg.robot.get('name', '?')}: planner mode needs a camera that sees "
+                              "objects, but robot.camera_head.type=synthetic renders a colour gradient; use "
+                              "--manual --bbox x1,y1,x2,y2 on this robot, or robot=sim for the planner")
         backend = str(cfg.planner.get("backend", "http"))
         if backend == "http":
             url = urlparse(str(cfg.planner.get("base_url") or ""))
@@ -140,11 +146,11 @@ def validate_config(cfg: DictConfig) -> None:
         _number(cfg, "planner.timeout_s", 0, 3600, lo_open=True)
         _number(cfg, "planner.max_retries", 0, 20, integer=True)
         if cfg.non_interactive and not (cfg.prompt or "").strip():
-            raise ConfigError("prompt: planner mode with --non_interactive needs --prompt \"...\"")
+            raise ConfigError("prompt: planner mode with --non-interactive needs --prompt \"...\"")
     else:
         box = parse_bbox(cfg.bbox)
         if box is None and cfg.non_interactive:
-            raise ConfigError("bbox: manual mode with --non_interactive needs --bbox x1,y1,x2,y2")
+            raise ConfigError("bbox: manual mode with --non-interactive needs --bbox x1,y1,x2,y2")
     for key in ("home", "placement"):
         if OmegaConf.select(cfg, f"robot.poses.{key}") is None:
             raise ConfigError(f"robot.poses.{key}: a joint pose (7 angles in rad) is required")

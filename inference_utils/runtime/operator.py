@@ -1,6 +1,6 @@
 """Operator interaction: Enter to end an attempt, box selection, confirmations.
 
-Everything here is optional: with ``--non_interactive`` nothing reads the terminal and a manual
+Everything here is optional: with ``--non-interactive`` nothing reads the terminal and a manual
 box must come from ``--bbox``.
 """
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """One inference run: validate, build, connect, loop, and always stop cleanly.
 
 Exit codes: 0 the run ended normally (prompt completed, attempt limit, manual attempts done);
-1 a fault (device stopped answering, exception anywhere in the loop); 2 invalid configuration
+1 a fault (device stopped answering, exception anywhere in the loop, or a planner run that
+"completed" without a single attempt, i.e. 0/0 objects); 2 invalid configuration
 (nothing connected or moved); 130 interrupted (Ctrl-C / SIGTERM).
 
 On a fault or an interrupt the arm is held where it is, the hand keeps its last target (nothing
@@ -164,6 +165,13 @@ def _run(cfg: DictConfig, env: Any, loop: Any, log: Any, summary: dict) -> int:
             env.move_to_pose("home")
         if cfg.mode == "planner":
             summary["status"] = loop.run_planner(prompt)
+            if summary["status"] == "completed" and not loop.outcomes:
+                # "completed 0/0": the planner saw nothing to grasp -- never a success (exit 1)
+                summary.update(status="nothing_found",
+                               error="the planner found no object to grasp (completed 0/0); check the head "
+                                     "camera image (images/*_initial_head.png) and the prompt")
+                logger.error("%s", summary["error"])
+                return EXIT_FAULT
         else:
             summary["status"] = loop.run_manual(*_manual_callbacks(cfg, log))
         return EXIT_OK
