@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import sys
@@ -14,7 +13,8 @@ from tqdm import tqdm
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
+    p = cli_common.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--split", default="train")
     p.add_argument("--seed", type=int, default=100000, help="first scene seed (held out from collection seeds)")

@@ -18,7 +18,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -143,7 +142,8 @@ def evaluate(planner: DexGraspVLAPlanner, scenes, verbose: bool = False) -> dict
 
 def main(argv: Optional[list[str]] = None) -> int:
     """CLI entry point; prints a table and optionally writes JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
+    parser = cli_common.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenes", type=int, default=25, help="scenes per split")
     parser.add_argument("--seed0", type=int, default=1000, help="first seed")
     parser.add_argument("--splits", nargs="+",

@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
+    p = cli_common.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=str(REPO / "assets" / "controller_small_sim"))
     p.add_argument("--calls", type=int, default=20, help="timed calls per side")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per side first")

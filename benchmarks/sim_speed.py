@@ -7,7 +7,6 @@ full observations (2 cameras, RGB + segmentation, no shadows), >= 10 collected e
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -15,7 +14,8 @@ import time
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
+    p = cli_common.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--episodes", type=int, default=3, help="episodes for the collection rate")
     p.add_argument("--physics-steps", type=int, default=20000)
     p.add_argument("--frames", type=int, default=40)

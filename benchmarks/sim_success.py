@@ -20,7 +20,6 @@ controller.serve``) for the chunks; noise and temporal ensemble stay here (as in
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -83,7 +82,8 @@ def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
+    ap = cli_common.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint")
     ap.add_argument("--remote", metavar="HOST:PORT", help="use a policy server instead of --checkpoint")
     ap.add_argument("--token-env", default=None, metavar="NAME",

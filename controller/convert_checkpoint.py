@@ -27,7 +27,6 @@ project loads without unpickling anything, plus ``conversion_report.json``::
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -309,7 +308,8 @@ def convert(ref_path: str, out_dir: str, trust_pickle: bool = False, preset: Opt
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
+    ap = cli_common.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("ref_ckpt", help="checkpoint (.ckpt) written by the original DexGraspVLA code")
     ap.add_argument("out_dir", help="output checkpoint directory")
     ap.add_argument("--trust-pickle", action="store_true",

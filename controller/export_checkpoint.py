@@ -21,7 +21,6 @@ file would exceed a size budget (the repository ships checkpoints of at most 50 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -112,7 +111,8 @@ def export_checkpoint(src: str, dst: str, use_ema: bool = True, max_mb: Optional
 
 def main(argv: Optional[list] = None) -> int:
     """Entry point of ``python -m controller.export_checkpoint``."""
-    p = argparse.ArgumentParser(prog="python -m controller.export_checkpoint", description=__doc__.split("\n")[0])
+    from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
+    p = cli_common.ArgumentParser(prog="python -m controller.export_checkpoint", description=__doc__.split("\n")[0])
     p.add_argument("src", help="training checkpoint directory (e.g. <run>/checkpoints/latest)")
     p.add_argument("dst", help="output directory (replaced atomically)")
     p.add_argument("--no-ema", action="store_true", help="ship the raw weights instead of the EMA weights")

@@ -22,7 +22,6 @@ It binds 127.0.0.1 unless told otherwise. A message line longer than :data:`MAX_
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import socket
@@ -293,7 +292,8 @@ class ArmEmulator:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: serve until Ctrl-C."""
-    parser = argparse.ArgumentParser(description="RealMan JSON-protocol arm emulator")
+    from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
+    parser = cli_common.ArgumentParser(description="RealMan JSON-protocol arm emulator")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=proto.DEFAULT_PORT, help="TCP port (default 8080)")
     args = parser.parse_args(argv)

@@ -19,7 +19,6 @@ stop a closing finger at a given angle and drive its force to FORCE_SET, like gr
 """
 from __future__ import annotations
 
-import argparse
 import threading
 import time
 from typing import Any, Mapping
@@ -179,7 +178,8 @@ class HandEmulator:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: serve until Ctrl-C."""
-    parser = argparse.ArgumentParser(description="Modbus TCP emulator of a 6-DoF hand (RH56 map)")
+    from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
+    parser = cli_common.ArgumentParser(description="Modbus TCP emulator of a 6-DoF hand (RH56 map)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5020, help="TCP port (default 5020)")
     parser.add_argument("--speed-scale", type=float, default=1.0, help="multiply finger speeds")

@@ -178,7 +178,8 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m sim.collect``."""
-    p = argparse.ArgumentParser(prog="python -m sim.collect", description=__doc__.split("\n")[0])
+    from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
+    p = cli_common.ArgumentParser(prog="python -m sim.collect", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output zarr store (appended to if it exists)")
     p.add_argument("--episodes", type=int, required=True, help="successful episodes to store")
     p.add_argument("--split", default="train", help=f"one of: {', '.join(SPLITS)}")

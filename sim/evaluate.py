@@ -7,7 +7,9 @@ Usage::
 The policy predicts a 64-step chunk of 13-D joint targets from the raw observation; the first
 ``--execute`` (6) actions are run, then it predicts again, as on the robot. The target mask in
 ``rgbm`` is the simulator's ground truth. Prints the success rate with a 95 % Wilson interval per
-split and writes ``summary.json`` plus MP4s (wrist | head | mask) of the first K episodes.
+split and writes ``summary.json`` plus MP4s (wrist | head | mask) of the first K episodes, each
+frame captioned with the split, scene seed, prompt (the target object) and the outcome.
+``--device auto`` (default) picks cuda, then mps, then cpu.
 
 Policy protocol: ``predict_chunk(raw_obs) -> (64, 13)``; an optional ``reset()`` is called at the
 start of every episode and an optional ``consumed(n)`` after the ``n`` actions of a chunk that were
@@ -21,7 +23,6 @@ checkpoint on a CPU. The token is read from ``--token-env`` (default DEXGRASPVLA
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -57,6 +58,30 @@ def compose_frame(obs: dict, scale: float = 0.5) -> np.ndarray:
     if scale != 1.0:
         frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(frame)
+
+
+CAPTION_BAND_PX = 24  # a multiple of 8: H.264 frame sizes stay aligned
+
+
+def episode_caption(split: str, seed: int, prompt: str, success: bool | None) -> str:
+    """The text drawn on an evaluation video: split, scene seed, prompt and the outcome."""
+    outcome = "" if success is None else (" | success" if success else " | failure")
+    return f"{split} | seed {seed} | {prompt}{outcome}"
+
+
+def caption_frame(frame: np.ndarray, text: str, success: bool | None = None) -> np.ndarray:
+    """``frame`` (H, W, 3 RGB) with a band of ``CAPTION_BAND_PX`` rows on top carrying ``text``
+    (OpenCV ``putText``; green for a success, red for a failure, white when unknown)."""
+    import cv2
+    h, w = frame.shape[:2]
+    band = np.zeros((CAPTION_BAND_PX, w, 3), dtype=np.uint8)
+    colour = (255, 255, 255) if success is None else ((80, 220, 80) if success else (235, 80, 80))
+    scale = 0.4
+    (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    if tw > w - 8:  # shrink long prompts to the frame width
+        scale *= (w - 8) / tw
+    cv2.putText(band, text, (4, CAPTION_BAND_PX - 8), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+    return np.ascontiguousarray(np.concatenate([band, frame], axis=0))
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int = 20) -> None:
@@ -119,6 +144,8 @@ def run_evaluation(policy, split: str = "train", episodes: int = 10, seed: int =
                    "target": env.scene.objects[env.target].describe()}
             if frames is not None and out is not None:
                 vpath = out / f"{split}_ep{i:03d}.mp4"
+                text = episode_caption(split, seed + i, f"grasp the {rec['target']}", rec["success"])
+                frames = [caption_frame(f, text, rec["success"]) for f in frames]
                 write_video(vpath, frames, fps=int(config.control_hz))
                 rec["video"] = str(vpath)
             records.append(rec)
@@ -153,7 +180,8 @@ def connect_remote(address: str, token_env: str | None = None, timeout_s: float 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m sim.evaluate``."""
-    p = argparse.ArgumentParser(prog="python -m sim.evaluate", description=__doc__.split("\n")[0])
+    from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
+    p = cli_common.ArgumentParser(prog="python -m sim.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", help="controller checkpoint (or --remote)")
     p.add_argument("--remote", metavar="HOST:PORT", help="use the policy server there (python -m controller.serve)")
     p.add_argument("--token-env", default=None, metavar="NAME",
@@ -168,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objects", type=int, nargs=2, metavar=("MIN", "MAX"), default=(4, 10))
     p.add_argument("--out", default="outputs/sim_eval", help="directory for videos and summaries")
     p.add_argument("--time-limit", type=float, default=None, help="episode time limit in seconds (default: SimConfig)")
-    p.add_argument("--device", default="cpu")
+    cli_common.add_device_argument(p)
     p.add_argument("--temporal-ensemble", default=str(defaults.TEMPORAL_ENSEMBLE_DECAY), metavar="DECAY|off",
                    help="blend overlapping chunks with weights exp(-DECAY * age in steps); 'off' disables")
     p.add_argument("--num-samples", type=int, default=defaults.NUM_SAMPLES,
@@ -192,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if policy is None:
-        policy = load_policy(args.checkpoint, args.device, decay, args.num_samples)
+        policy = load_policy(args.checkpoint, cli_common.resolve_device(args.device), decay, args.num_samples)
     results = {}
     for s in splits:
         r = run_evaluation(policy, s, args.episodes, args.seed, args.video, args.out, args.execute, config)

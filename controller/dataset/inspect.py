@@ -320,7 +320,8 @@ def render(report: Report, console) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the exit code (1 if any store has an error)."""
-    parser = argparse.ArgumentParser(prog="python -m controller.dataset.inspect", description=__doc__,
+    from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
+    parser = cli_common.ArgumentParser(prog="python -m controller.dataset.inspect", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="zarr store(s) to inspect")
     parser.add_argument("--mask-frames", type=int, default=8,

@@ -36,7 +36,8 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The server's argument parser."""
-    parser = argparse.ArgumentParser(description="DexGraspVLA offline planner (OpenAI-compatible, no VLM).")
+    from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
+    parser = cli_common.ArgumentParser(description="DexGraspVLA offline planner (OpenAI-compatible, no VLM).")
     parser.add_argument("--host", default="127.0.0.1",
                         help="bind address (default 127.0.0.1, loopback only; any other address needs the "
                              "token environment variable, see --token-env)")
