@@ -4,7 +4,10 @@
         [task=grasp|sim_grasp] [key=value ...]
 
 Multi-GPU / multi-node / multi-process CPU: use ``train.sh`` (accelerate launch).
+The console (run directory, one line per epoch, the final checkpoint paths) is described in
+docs/training.md.
 """
+import logging
 import os
 import sys
 
@@ -21,7 +24,11 @@ def main(cfg: DictConfig) -> None:
 
     from controller.workspace.train_workspace import TrainDexGraspVLAControllerWorkspace
 
+    if os.environ.get("RANK", "0") != "0":  # launched by torchrun/accelerate: only rank 0 logs INFO
+        logging.getLogger().setLevel(logging.WARNING)
     OmegaConf.resolve(cfg)
+    if cfg.get("policy_name") is None:
+        cfg.policy_name = HydraConfig.get().runtime.choices.get("policy") or "custom"
     workspace = TrainDexGraspVLAControllerWorkspace(cfg, output_dir=HydraConfig.get().runtime.output_dir)
     workspace.run()
 

@@ -9,6 +9,8 @@ out; the first ``n_execute`` actions run before re-predicting, as on the robot) 
 from __future__ import annotations
 
 import os
+import sys
+import time
 from typing import Dict, Mapping, Optional, Sequence
 
 import torch
@@ -48,10 +50,25 @@ class SimGraspRunner:
         out_dir = os.path.join(self.output_dir, "rollouts", f"call_{self.calls:04d}")
         self.calls += 1
         metrics: Dict[str, float] = {}
+        # a progress bar (one step per episode) on a terminal; in a log file a line before and after
+        tty = _is_tty(sys.stderr)
         for split in self.splits:
+            print(f"rollout: {self.episodes} episode(s) on split '{split}' (seeds {self.seed}.."
+                  f"{self.seed + self.episodes - 1}) -> {out_dir}", flush=True)
+            t0 = time.monotonic()
             summary = run_evaluation(runner, split=split, episodes=self.episodes, seed=self.seed,
                                      video_k=self.video_k, out_dir=out_dir, n_execute=self.n_execute,
-                                     config=SimConfig(**self.sim_overrides), progress=False)
-            metrics[f"rollout/{split}/success_rate"] = float(summary["success_rate"])
+                                     config=SimConfig(**self.sim_overrides), progress=tty)
+            rate = float(summary["success_rate"])
+            metrics[f"rollout/{split}/success_rate"] = rate
+            print(f"rollout: split '{split}' success {summary.get('successes', round(rate * self.episodes))}/{self.episodes} "
+                  f"({100 * rate:.0f}%) in {time.monotonic() - t0:.0f} s", flush=True)
         policy.train()
         return metrics
+
+
+def _is_tty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

@@ -59,6 +59,49 @@ def resolve_mixed_precision(value: str) -> str:
     return value
 
 
+def is_tty(stream=None) -> bool:
+    """Whether ``stream`` (default stderr, where tqdm writes) is a terminal: progress bars only there;
+    a log file gets plain periodic lines instead of carriage-return redraws."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def format_duration(seconds: float) -> str:
+    """``3725`` -> ``1:02:05``; ``65`` -> ``1:05``."""
+    seconds = int(round(max(0.0, float(seconds))))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def epoch_line(epoch: int, num_epochs: int, metrics: Dict[str, Any], lr: float, samples_per_s: float,
+               epoch_s: float, eta_s: Optional[float]) -> str:
+    """The console line of one finished epoch (rank 0), e.g.::
+
+        epoch 3 [4/84]  train_loss 0.0412  val_loss 0.0530  val_mse 0.0121  lr 9.98e-05  412.3 samples/s  0:41/epoch  ETA 0:56:07
+    """
+    parts = [f"epoch {epoch} [{epoch + 1}/{num_epochs}]", f"train_loss {metrics['train_loss']:.4f}"]
+    for key, label in (("val_loss", "val_loss"), ("train_action_mse_error", "train_mse"),
+                       ("val_action_mse_error", "val_mse")):
+        if key in metrics:
+            parts.append(f"{label} {metrics[key]:.4f}")
+    for key in sorted(k for k in metrics if k.startswith("rollout/") and k.endswith("/success_rate")):
+        parts.append(f"rollout_{key.split('/')[1]} {100 * metrics[key]:.0f}%")
+    parts += [f"lr {lr:.2e}", f"{samples_per_s:.1f} samples/s", f"{format_duration(epoch_s)}/epoch"]
+    parts.append(f"ETA {format_duration(eta_s)}" if eta_s is not None else "ETA -")
+    return "  ".join(parts)
+
+
+def checkpoints_line(best: Optional[Tuple[str, float]], monitor_key: str, latest: Optional[str]) -> str:
+    """The final console line: ``checkpoints: best <path> (train_loss=0.0412), latest <path>``."""
+    best_s = f"best {best[0]} ({monitor_key}={best[1]:.4f})" if best else "best none (checkpoint.topk.k=0)"
+    latest_s = f"latest {latest}" if latest else "latest none (checkpoint.save_last_ckpt=false)"
+    return f"checkpoints: {best_s}, {latest_s}"
+
+
 class TrainingPreempted(SystemExit):
     """Raised by :meth:`TrainDexGraspVLAControllerWorkspace.run` after a stop signal, once
     ``checkpoints/latest`` is saved.
@@ -379,6 +422,9 @@ class TrainDexGraspVLAControllerWorkspace:
         acc = Accelerator(mixed_precision=resolve_mixed_precision(tcfg.mixed_precision),
                           gradient_accumulation_steps=int(tcfg.gradient_accumulate_every),
                           cpu=not torch.cuda.is_available())
+        if not acc.is_main_process:  # one console: the other ranks log warnings and errors only
+            logging.getLogger().setLevel(logging.WARNING)
+        acc.print(f"run directory: {self.output_dir}", flush=True)
         if tcfg.get("threads") and acc.device.type == "cpu":
             torch.set_num_threads(int(tcfg.threads))
         self._seed(acc.process_index)
@@ -403,21 +449,31 @@ class TrainDexGraspVLAControllerWorkspace:
         if self._pending_rng is not None and self._resume_mid is None:  # epoch boundary (see _resume)
             ckpt_lib.restore_rng_state(self._pending_rng)
             self._pending_rng = None
+        epoch_times = []
         try:
             while self.epoch < stop_at:
+                t0 = time.monotonic()
                 metrics = self._train_epoch(acc, tqdm, jlog, wb)
                 if self._mid_epoch is not None:  # every rank agreed to stop after an optimiser step
                     self._stop_for_signal(acc, self._mid_epoch["signum"])
+                samples_per_s = metrics.pop("samples_per_s", 0.0)
                 metrics.update(self._end_of_epoch(acc, env_runner))
                 if jlog:
                     jlog.log(metrics)
                 if wb is not None:
                     wb.log(metrics, step=self.global_step)
                 self._checkpoints(acc, topk, metrics)
+                epoch_times.append(time.monotonic() - t0)
+                remaining = int(tcfg.num_epochs) - self.epoch - 1
+                acc.print(epoch_line(self.epoch, int(tcfg.num_epochs), metrics, self.lr_scheduler.get_last_lr()[0],
+                                     samples_per_s, epoch_times[-1], float(np.mean(epoch_times)) * remaining),
+                          flush=True)
                 signum = self._agreed_stop_signal(acc)  # a signal during validation/sampling/rollout/saving
                 if signum:
                     self._stop_for_signal(acc, signum)
                 self.epoch += 1
+            if acc.is_main_process:
+                self._print_final_line(acc, topk, stop_at)
         finally:
             if jlog:
                 jlog.stop()
@@ -425,6 +481,19 @@ class TrainDexGraspVLAControllerWorkspace:
                 wb.finish()
             acc.end_training()
         return metrics
+
+    def _print_final_line(self, acc, topk: TopKCheckpointManager, stop_at: int) -> None:
+        """``checkpoints: best <path> (<monitor>=...), latest <path>`` (rank 0, after the last epoch)."""
+        if stop_at < int(self.cfg.training.num_epochs):
+            acc.print(f"stopped after epoch {self.epoch - 1} (training.epochs_per_run); continue with "
+                      f"training.resume=true hydra.run.dir={self.output_dir}", flush=True)
+        best = None
+        if topk.path_value:
+            pick = min if topk.mode == "min" else max
+            best = pick(topk.path_value.items(), key=lambda kv: kv[1])
+        latest = os.path.join(self.ckpt_dir, "latest")
+        acc.print(checkpoints_line(best, topk.monitor_key, latest if ckpt_lib.is_checkpoint_dir(latest) else None),
+                  flush=True)
 
     def _train_epoch(self, acc, tqdm, jlog, wb) -> Dict[str, float]:
         """One epoch (or its rest after a mid-epoch resume). If the ranks agree on a stop signal after
@@ -440,12 +509,19 @@ class TrainDexGraspVLAControllerWorkspace:
         total = min(len(self.train_loader), max(0, max_steps - done)) if max_steps else len(self.train_loader)
         params = [p for p in self.model.parameters() if p.requires_grad]
         _, _, check_every = self._preemption_settings()
+        # A bar on a terminal; in a log file (not a tty) no bar -- its redraws would be carriage-return
+        # spam -- but a plain line every training.progress_every_sec seconds (0 = none).
+        tty = is_tty()
+        plain_every = float(tcfg.get("progress_every_sec") or 0)
+        t_start = t_plain = time.monotonic()
+        n_samples = 0
         with tqdm(self.train_loader, total=done + total, desc=f"epoch {self.epoch}", initial=done,
-                  leave=False, mininterval=float(tcfg.tqdm_interval_sec),
-                  disable=not acc.is_local_main_process) as bar:
+                  leave=False, mininterval=float(tcfg.tqdm_interval_sec), dynamic_ncols=True,
+                  disable=not (acc.is_local_main_process and tty)) as bar:
             for i, batch in enumerate(bar, start=done):
                 if i >= done + total:  # resumed with max_train_steps already reached
                     break
+                n_samples += int(batch["action"].shape[0]) * acc.num_processes
                 batch = to_device(batch, acc.device)
                 self._restore_pending_rng()  # mid-epoch resume: the state saved after the last step
                 if i == 0:
@@ -481,11 +557,19 @@ class TrainDexGraspVLAControllerWorkspace:
                         self._mid_epoch = {"signum": signum, "batches_done": i + 1, "losses": losses,
                                            "batches_total": done + total}
                         return {}
+                now = time.monotonic()
+                if not tty and plain_every > 0 and now - t_plain >= plain_every and acc.is_main_process:
+                    t_plain = now
+                    acc.print(f"  epoch {self.epoch}: batch {i + 1}/{done + total} ({100 * (i + 1) / (done + total):.0f}%)"
+                              f"  loss {loss_v:.4f}  {n_samples / max(now - t_start, 1e-9):.1f} samples/s"
+                              f"  epoch ETA {format_duration((now - t_start) / (i + 1 - done) * (done + total - i - 1))}",
+                              flush=True)
                 if max_steps and i + 1 >= done + total:  # max_train_steps: do not load a batch for nothing
                     break
         self._restore_pending_rng()  # resumed after the epoch's last batch: nothing left to train
         mean_loss = acc.reduce(torch.tensor(float(np.mean(losses)), device=acc.device), "mean").item()
-        return {"train_loss": mean_loss, "epoch": self.epoch, "global_step": self.global_step}
+        return {"train_loss": mean_loss, "epoch": self.epoch, "global_step": self.global_step,
+                "samples_per_s": n_samples / max(time.monotonic() - t_start, 1e-9)}
 
     def _end_of_epoch(self, acc, env_runner) -> Dict[str, float]:
         tcfg, out = self.cfg.training, {}
@@ -499,7 +583,8 @@ class TrainDexGraspVLAControllerWorkspace:
             if self.val_loader is not None:
                 vb = to_device(next(iter(self.val_loader)), acc.device)
                 out.update(self._sample_metrics(acc, vb, "val"))
-        if env_runner is not None and tcfg.rollout_every and (self.epoch % int(tcfg.rollout_every) == 0 or last):
+        if env_runner is not None and self._rollout_due(last):
+            acc.print(f"rollout after epoch {self.epoch} (training.rollout_every={tcfg.rollout_every})", flush=True)
             policy = acc.unwrap_model(self.model)
             policy.eval()
             if self.ema is not None:
@@ -510,6 +595,18 @@ class TrainDexGraspVLAControllerWorkspace:
             policy.train()
         acc.wait_for_everyone()
         return out
+
+    def _rollout_due(self, last: bool) -> bool:
+        """Rollouts (tasks with an env runner) after every ``rollout_every``-th completed epoch and after
+        the last one; ``rollout_every: 0`` = never. Not after epoch 0 (an untrained policy) unless
+        ``rollout_every: 1`` or ``training.rollout_at_start: true``."""
+        tcfg = self.cfg.training
+        every = int(tcfg.get("rollout_every") or 0)
+        if every <= 0:
+            return False
+        if self.epoch == 0 and tcfg.get("rollout_at_start"):
+            return True
+        return last or (self.epoch + 1) % every == 0
 
     def _restore_pending_rng(self) -> None:
         if self._pending_rng is not None:
@@ -595,13 +692,30 @@ class TrainDexGraspVLAControllerWorkspace:
         mode = str(lcfg.mode)
         if mode not in ("online", "offline", "disabled"):
             raise ValueError(f"logging.mode must be online|offline|disabled, got '{mode}'")
-        if not acc.is_main_process or mode == "disabled":
+        if not acc.is_main_process:
+            return None
+        if mode == "disabled":
+            acc.print(wandb_line(None, mode, self.output_dir), flush=True)
             return None
         import wandb
         os.environ.setdefault("WANDB_SILENT", "true")
-        return wandb.init(project=lcfg.project, name=lcfg.name, mode=mode, dir=self.output_dir,
-                          id=lcfg.id, group=lcfg.group, tags=list(lcfg.tags), resume="allow",
-                          config=OmegaConf.to_container(self.cfg, resolve=True))
+        run = wandb.init(project=lcfg.project, name=lcfg.name, mode=mode, dir=self.output_dir,
+                         id=lcfg.id, group=lcfg.group, tags=list(lcfg.tags), resume="allow",
+                         config=OmegaConf.to_container(self.cfg, resolve=True))
+        acc.print(wandb_line(run, mode, self.output_dir), flush=True)
+        return run
+
+
+def wandb_line(run, mode: str, output_dir: str) -> str:
+    """Where the wandb run is: its URL (online), its directory and the upload command (offline)."""
+    metrics_file = os.path.join(output_dir, "logs.json.txt")
+    if run is None or getattr(run, "disabled", False):
+        why = "logging.mode=disabled" if mode == "disabled" else "WANDB_MODE=disabled"
+        return f"wandb: disabled ({why}); metrics in {metrics_file}"
+    if getattr(run, "offline", False) or mode == "offline":
+        run_dir = os.path.dirname(run.dir) if getattr(run, "dir", None) else os.path.join(output_dir, "wandb")
+        return f"wandb: offline run in {run_dir} (upload: wandb sync {run_dir}); metrics also in {metrics_file}"
+    return f"wandb: {run.url}"
 
 
 def acc_broadcast_object(acc, obj):
