@@ -15,7 +15,10 @@ acknowledged with ``receive_state`` and finished with ``current_trajectory_state
 ``movej_canfd`` (no reply; a frame more than 10 degrees from the current joints, or outside the
 joint limits, is rejected and counted in :attr:`violations`), ``get_joint_degree``,
 ``get_current_arm_state`` (pose from a simple RM75-like forward kinematics) and
-``clear_system_err``. Every received message is logged (:meth:`received`, :meth:`canfd_frames`).
+``clear_system_err``. Every received message is recorded (:meth:`received`, :meth:`canfd_frames`)
+and logged at INFO (logger ``inference_utils.arm_emulator``): connections and commands as they
+come, the streamed ``movej_canfd`` frames and the polled state reads rate-limited (the first, then
+one line per 2 s with the count).
 
 It binds 127.0.0.1 unless told otherwise. A message line longer than :data:`MAX_LINE_BYTES`
 (64 KiB) without a newline closes that client's connection (logged); the emulator keeps serving.
@@ -34,6 +37,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from inference_utils.devices import realman_protocol as proto
+from inference_utils.emulator_log import RateLimitedLog, configure_cli_logging
 from inference_utils.robot_spec import ARM_LOWER, ARM_UPPER
 from inference_utils.stop_signals import install_stop_handlers
 
@@ -63,6 +67,7 @@ class _Handler(socketserver.StreamRequestHandler):
         emu = self.server.emulator
         send_lock = threading.Lock()
         emu._register(self.connection)
+        LOG.info("arm emulator: client %s connected", _peer(self.client_address))
 
         def reply(message: dict[str, Any]) -> None:
             with send_lock:
@@ -94,6 +99,14 @@ class _Handler(socketserver.StreamRequestHandler):
             pass
         finally:
             emu._unregister(self.connection)
+            LOG.info("arm emulator: client %s disconnected", _peer(self.client_address))
+
+
+def _peer(address: Any) -> str:
+    try:
+        return f"{address[0]}:{address[1]}"
+    except (TypeError, IndexError):
+        return str(address)
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -132,6 +145,7 @@ class ArmEmulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
+        self._stream_log = RateLimitedLog(LOG, interval_s=2.0)  # streamed frames and polled state reads
 
     # -- life cycle -------------------------------------------------------------------------
     @property
@@ -147,6 +161,7 @@ class ArmEmulator:
             self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                             name="arm-emulator", daemon=True)
             self._thread.start()
+            LOG.info("arm emulator: listening on %s:%d", self.host, self.port)
         return self
 
     def stop(self) -> None:
@@ -209,6 +224,11 @@ class ArmEmulator:
         with self._lock:
             if command != "movej_canfd":
                 self._log.append(message)
+        if command in ("movej_canfd", "get_joint_degree", "get_current_arm_state"):
+            self._stream_log.event(f"arm emulator: {command}")  # streamed / polled at the control rate: rate-limited
+        else:
+            LOG.info("arm emulator: command %s %s", command,
+                     {k: v for k, v in message.items() if k != "command"} if isinstance(message, dict) else "")
         if command == "movej_canfd":
             self._on_canfd(message)
         elif command == "get_joint_degree":
@@ -256,6 +276,8 @@ class ArmEmulator:
                 self._joints_mdeg = joint.copy()
             else:
                 self.violations += 1
+                LOG.warning("arm emulator: movej_canfd frame rejected (invalid, in error, or more than %.1f deg "
+                            "from the current joints); %d rejected so far", self.max_canfd_step_deg, self.violations)
             raw = list(message.get("joint", [])) if isinstance(message.get("joint"), list) else []
             self._canfd.append((time.monotonic(), raw if joint is None else joint.tolist(), ok))
 
@@ -263,6 +285,7 @@ class ArmEmulator:
         joint = self._valid_joints(message.get("joint"))
         speed = message.get("v")
         if joint is None or not isinstance(speed, (int, float)) or not 0 < speed <= 100 or self.error_code:
+            LOG.info("arm emulator: movej refused (invalid joints or speed, or a system error)")
             reply({"receive_state": False})
             return
         if self._motion_thread is not None:
@@ -296,7 +319,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli_common.ArgumentParser(description="RealMan JSON-protocol arm emulator")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=proto.DEFAULT_PORT, help="TCP port (default 8080)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default: connections and commands), WARNING")
     args = parser.parse_args(argv)
+    configure_cli_logging(args.log_level)
     emu = ArmEmulator(args.host, args.port).start()
     install_stop_handlers()  # Ctrl-C, kill -INT or kill -TERM stop it, however it was launched
     try:  # entered before announcing the port: a Ctrl-C right after the announcement still stops cleanly

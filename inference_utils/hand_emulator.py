@@ -16,9 +16,15 @@ finger closes (never above FORCE_SET); STATUS reports 0 = opening, 1 = closing, 
 TEMP reads 30 degrees C. A finger with a non-zero ERROR register does not move; writing 1 to
 the clear-error register zeroes the ERROR block. Optional per-finger obstacles (``set_obstacle``)
 stop a closing finger at a given angle and drive its force to FORCE_SET, like grasping an object.
+
+Logging (INFO, logger ``inference_utils.hand_emulator``): client connections and disconnections,
+every clear-error command, and the register writes per block (``angle_set``, ``speed_set`` ...),
+rate-limited since the runtime streams the targets at the control rate (the first write, then one
+line per 2 s with the count and the latest values).
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Mapping
@@ -27,10 +33,14 @@ import numpy as np
 
 from inference_utils.devices.modbus_server import ModbusTcpRegisterServer, RegisterBank
 from inference_utils.devices.register_map import ANGLE_OPEN, VALUE_MAX, HandRegisterMap
+from inference_utils.emulator_log import RateLimitedLog, configure_cli_logging
 from inference_utils.stop_signals import install_stop_handlers
 
 STATUS_OPENING, STATUS_CLOSING, STATUS_REACHED, STATUS_FORCE_REACHED = 0, 1, 2, 3
 ROOM_TEMPERATURE_C = 30
+
+
+LOG = logging.getLogger(__name__)
 
 
 class HandEmulator:
@@ -63,6 +73,22 @@ class HandEmulator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.clear_error_count = 0
+        self._write_log = RateLimitedLog(LOG, interval_s=2.0)  # targets are streamed: rate-limited
+        self._block_names = {start: name for name, start in self.map.all_blocks().items()}
+        register, unregister = self.server._register_connection, self.server._unregister_connection
+
+        peers: dict[int, str] = {}
+
+        def on_connect(conn: Any) -> None:
+            register(conn)
+            peers[id(conn)] = _peer(conn)
+            LOG.info("hand emulator: client %s connected", peers[id(conn)])
+
+        def on_disconnect(conn: Any) -> None:
+            unregister(conn)
+            LOG.info("hand emulator: client %s disconnected", peers.pop(id(conn), "?"))
+
+        self.server._register_connection, self.server._unregister_connection = on_connect, on_disconnect
 
     # -- life cycle -------------------------------------------------------------------------
     @property
@@ -90,6 +116,7 @@ class HandEmulator:
             return self
         if serve_tcp:
             self.server.start()
+            LOG.info("hand emulator: Modbus TCP listening on %s:%d", self.host, self.port)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="hand-emulator", daemon=True)
         self._thread.start()
@@ -133,7 +160,17 @@ class HandEmulator:
         self.bank.write(m.status, [STATUS_REACHED] * 6)
         self.bank.write(m.temp, [ROOM_TEMPERATURE_C] * 6)
 
+    def _block_name(self, address: int) -> str:
+        for start, name in self._block_names.items():
+            if start <= address < start + self.map.block_size:
+                return name if address == start else f"{name}[{address - start}]"
+        return f"register {address}"
+
     def _on_write(self, address: int, values: list[int]) -> None:
+        if address == self.map.clear_error:
+            LOG.info("hand emulator: clear-error command (%s)", values)
+        else:
+            self._write_log.event(f"hand emulator: write {self._block_name(address)}", "%s", list(values))
         if address == self.map.clear_error and values and values[0] != 0:
             with self.bank.lock:
                 self.bank.write(self.map.error, [0] * 6)
@@ -176,6 +213,14 @@ class HandEmulator:
             last = now
 
 
+def _peer(conn: Any) -> str:
+    try:
+        host, port = conn.getpeername()[:2]
+        return f"{host}:{port}"
+    except (OSError, AttributeError, TypeError, ValueError):
+        return "?"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: serve until Ctrl-C."""
     from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
@@ -184,7 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5020, help="TCP port (default 5020)")
     parser.add_argument("--speed-scale", type=float, default=1.0, help="multiply finger speeds")
     parser.add_argument("--unit-id", type=int, default=None, help="answer only this unit id")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default: connections and commands), WARNING")
     args = parser.parse_args(argv)
+    configure_cli_logging(args.log_level)
     emu = HandEmulator(args.host, args.port, speed_scale=args.speed_scale, unit_id=args.unit_id).start()
     install_stop_handlers()  # Ctrl-C, kill -INT or kill -TERM stop it, however it was launched
     try:  # entered before announcing the port: a Ctrl-C right after the announcement still stops cleanly
