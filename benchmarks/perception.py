@@ -15,11 +15,28 @@ from synthetic grasp sequences (``inference_utils.perception.synthetic``). For e
 Target for the weight-free back-ends on sim episodes: mean tracker IoU >= 0.7 while the object
 is on the table.
 
+``--latency`` instead prints the per-frame latency of every back-end side by side at the head
+camera's 480x640, the learned ones with random weights built by their libraries' own builders
+(nothing downloaded; the masks mean nothing, the compute is the real one):
+
+* **segmenters** (box → mask): GrabCut (the baseline, ratio 1.00), SAM tiny (2-block encoder),
+  SAM ViT-B, SAM 2 tiny and SAM 2.1 Hiera-T (``--sam2-types`` adds e.g. ``sam2.1_hiera_l``) — on a
+  new image (image embedding + decoding) and for a second box on the same image (embedding
+  reused, what the planner's retries cost), each with its ratio to GrabCut;
+* **trackers** (ms per frame, after ``start`` and one warm-up frame): the flow tracker (the
+  baseline), the streaming SAM 2 tracker (tiny, Hiera-T) and Cutie when a clone is given
+  (``--cutie-path`` or ``DEXGRASPVLA_CUTIE_PATH``; random weights), mean / p50 / p95 and the
+  ratio of means to the flow tracker.
+
+Rows run round-robin (one image or frame of each per round) so load changes on a shared machine
+hit all rows alike; compare rows within one run.
+
 Usage::
 
     python benchmarks/perception.py                       # auto: sim if available
     python benchmarks/perception.py --source synthetic --episodes 8
     python benchmarks/perception.py --tracker cutie --tracker-weights ~/weights/cutie-base-mega.pth
+    python benchmarks/perception.py --latency [--frames 10] [--images 2] [--cutie-path ~/Cutie]
 """
 from __future__ import annotations
 
@@ -132,6 +149,169 @@ def evaluate(name, frames, masks, on_table, segmenter, tracker, rng) -> dict | N
     return res
 
 
+# ----------------------------------------------------------------------------- latency mode
+def _params(model) -> float | None:
+    return None if model is None else sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def _latency_backends(args):
+    """``(segmenter rows, tracker rows, notes)``; a row is ``(name, builder)``; builders return
+    ``(object, torch module or None)`` and are called lazily (a missing package skips the row)."""
+    from inference_utils.perception import FlowTracker, GrabCutSegmenter
+
+    segs = [("grabcut", lambda: (GrabCutSegmenter(), None))]
+    trks = [("flow", lambda: (FlowTracker(), None))]
+    notes = []
+
+    try:
+        import segment_anything  # noqa: F401
+    except ImportError:
+        notes.append("sam: segment-anything not installed (pip install -e .[test] or .[sam])")
+    else:
+        from inference_utils.perception import SamSegmenter
+        from inference_utils.perception.random_models import random_sam
+
+        for kind in ("tiny", "vit_b"):
+            segs.append((f"sam {kind}", lambda kind=kind: (lambda m: (SamSegmenter.from_model(m), m))(random_sam(kind))))
+
+    import importlib.util
+
+    if importlib.util.find_spec("sam2") is None:
+        notes.append("sam2: not installed (SAM2_BUILD_CUDA=0 pip install --no-build-isolation 'sam2==1.1.0')")
+    else:
+        from inference_utils.perception import Sam2Segmenter, Sam2Tracker
+        from inference_utils.perception.random_models import random_sam2
+
+        for kind in ["tiny", *args.sam2_types]:
+            segs.append((f"sam2 {kind}", lambda kind=kind: (lambda m: (Sam2Segmenter.from_model(m), m))(
+                random_sam2(kind))))
+            trks.append((f"sam2 {kind}", lambda kind=kind: (lambda m: (Sam2Tracker.from_model(m), m))(
+                random_sam2(kind, video=True))))
+
+    clone = args.cutie_path or os.environ.get("DEXGRASPVLA_CUTIE_PATH")
+    if importlib.util.find_spec("cutie") is None and not clone:
+        notes.append("cutie: no clone given (--cutie-path or DEXGRASPVLA_CUTIE_PATH; it is not on PyPI)")
+    else:
+        def cutie():
+            import tempfile
+
+            import torch
+
+            from inference_utils.perception import CutieTracker
+            from inference_utils.perception.cutie_tracker import (build_cutie_network, import_cutie,
+                                                                  load_cutie_config)
+
+            import_cutie(clone)
+            net = build_cutie_network(load_cutie_config("unused"))
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "cutie-random.pth")
+                torch.save(net.state_dict(), path)
+                tracker = CutieTracker(path, device="cpu", code_path=clone)
+            return tracker, tracker._net
+
+        trks.append(("cutie base", cutie))
+    return segs, trks, notes
+
+
+def _build_rows(rows, notes):
+    built = []
+    for name, make in rows:
+        t0 = time.perf_counter()
+        try:
+            obj, model = make()
+        except Exception as exc:  # a back-end that cannot be built is reported, not fatal
+            notes.append(f"{name}: could not be built: {type(exc).__name__}: {exc}")
+            continue
+        built.append({"name": name, "obj": obj, "params_m": _params(model), "build_s": time.perf_counter() - t0})
+    return built
+
+
+def latency_main(args) -> int:
+    import torch
+
+    from inference_utils.perception.synthetic import make_grasp_sequence
+
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)  # sam2
+    warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.autocast.*", category=FutureWarning)  # cutie
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seq = make_grasp_sequence(args.seed, n_frames=max(args.frames + 2, 4 * (args.images + 1)))
+    h, w = seq.frames[0].shape[:2]
+    rng = np.random.default_rng(args.seed)
+    segs, trks, notes = _latency_backends(args)
+    only = set(args.backends.split(",")) if args.backends else None
+    if only:
+        segs = [r for r in segs if r[0] in only or r[0].split()[0] in only]
+        trks = [r for r in trks if r[0] in only or r[0].split()[0] in only]
+    print(f"latency at {h}x{w}, random weights, device cpu, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    out = {"resolution": f"{h}x{w}", "threads": torch.get_num_threads(), "segmenters": [], "trackers": []}
+
+    # segmenters: a new image per round (embedding + decode), then a second box on it (decode only)
+    seg_rows = _build_rows(segs, notes)
+    images = [seq.frames[4 * k] for k in range(args.images + 1)]  # the first is the warm-up
+    boxes = [loose_box(mask_to_box(seq.masks[4 * k]), rng) for k in range(args.images + 1)]
+    second = [[b[0] - 20, b[1] - 15, b[2] + 10, b[3] + 25] for b in boxes]
+    for r in seg_rows:
+        r["new"], r["same"] = [], []
+    with torch.inference_mode():
+        for k, (img, box, box2) in enumerate(zip(images, boxes, second)):
+            for r in seg_rows:
+                t0 = time.perf_counter()
+                r["obj"].segment(img, box)
+                t1 = time.perf_counter()
+                r["obj"].segment(img, box2)
+                t2 = time.perf_counter()
+                if k:
+                    r["new"].append(1e3 * (t1 - t0))
+                    r["same"].append(1e3 * (t2 - t1))
+    print(f"\n{'segmenter (box -> mask)':<26}{'params':>9}{'new image ms':>14}{'ratio':>8}"
+          f"{'same image ms':>15}{'ratio':>8}")
+    base = seg_rows[0] if seg_rows and seg_rows[0]["name"] == "grabcut" else None
+    for r in seg_rows:
+        new, same = float(np.median(r["new"])), float(np.median(r["same"]))
+        ratio_new = new / float(np.median(base["new"])) if base else float("nan")
+        ratio_same = same / float(np.median(base["same"])) if base else float("nan")
+        params = "-" if r["params_m"] is None else f"{r['params_m']:.1f} M"
+        print(f"{r['name']:<26}{params:>9}{new:>14.1f}{ratio_new:>7.1f}x{same:>15.1f}{ratio_same:>7.1f}x")
+        out["segmenters"].append({"name": r["name"], "params_m": r["params_m"], "build_s": r["build_s"],
+                                  "new_image_ms": r["new"], "same_image_ms": r["same"]})
+    del seg_rows
+
+    # trackers: start on frame 0 (ground-truth mask), one warm-up frame, then --frames timed frames
+    trk_rows = _build_rows(trks, notes)
+    for r in trk_rows:
+        r["obj"].start(seq.frames[0], seq.masks[0])
+        r["obj"].track(seq.frames[1])
+        r["ms"] = []
+    for frame in seq.frames[2:args.frames + 2]:
+        for r in trk_rows:
+            t0 = time.perf_counter()
+            r["obj"].track(frame)
+            r["ms"].append(1e3 * (time.perf_counter() - t0))
+    print(f"\n{'tracker (per frame)':<26}{'params':>9}{'mean ms':>10}{'p50':>9}{'p95':>9}{'ratio':>8}")
+    base = trk_rows[0] if trk_rows and trk_rows[0]["name"] == "flow" else None
+    for r in trk_rows:
+        ms = np.array(r["ms"])
+        ratio = ms.mean() / np.mean(base["ms"]) if base else float("nan")
+        params = "-" if r["params_m"] is None else f"{r['params_m']:.1f} M"
+        print(f"{r['name']:<26}{params:>9}{ms.mean():>10.1f}{np.percentile(ms, 50):>9.1f}"
+              f"{np.percentile(ms, 95):>9.1f}{ratio:>7.1f}x")
+        out["trackers"].append({"name": r["name"], "params_m": r["params_m"], "build_s": r["build_s"],
+                                "ms": r["ms"]})
+    print(f"\n({args.images} images x 2 boxes and {args.frames} frames per row, after a warm-up; "
+          "ratios against grabcut / flow; medians for segmenters)")
+    for note in notes:
+        print(f"skipped  {note}")
+    out["notes"] = notes
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
 def fmt(v):
     return "  n/a" if v is None else f"{v:5.3f}"
 
@@ -152,7 +332,19 @@ def main(argv=None) -> int:
     p.add_argument("--no-reacquire", action="store_true", help="flow tracker: do not re-find a lost object")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write per-episode results to this file")
+    p.add_argument("--latency", action="store_true",
+                   help="per-frame latency of every back-end side by side (random weights, 480x640)")
+    p.add_argument("--frames", type=int, default=10, help="--latency: timed tracker frames per back-end")
+    p.add_argument("--images", type=int, default=2, help="--latency: timed images per segmenter")
+    p.add_argument("--sam2-types", nargs="*", default=["sam2.1_hiera_t"],
+                   help="--latency: full-size SAM 2 models besides the tiny one (random weights)")
+    p.add_argument("--cutie-path", default=None, help="--latency: a local Cutie clone (default: $DEXGRASPVLA_CUTIE_PATH)")
+    p.add_argument("--backends", default=None,
+                   help="--latency: only these rows, comma-separated (e.g. grabcut,flow,sam2)")
+    p.add_argument("--threads", type=int, default=0, help="--latency: torch threads (0: torch's default)")
     args = p.parse_args(argv)
+    if args.latency:
+        return latency_main(args)
 
     cfg = {"segmenter": {"backend": args.segmenter, "checkpoint": args.sam_checkpoint,
                          "model_type": args.sam_model_type, "device": args.device},

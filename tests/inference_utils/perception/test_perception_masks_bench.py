@@ -50,3 +50,18 @@ def test_benchmark_smoke(capsys):
     assert mod.main(["--source", "synthetic", "--episodes", "1"]) == 0
     out = capsys.readouterr().out
     assert "tracker    IoU on table" in out and "ms/frame" in out
+
+
+def test_latency_benchmark_smoke(capsys, tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_perception", os.path.join(REPO, "benchmarks", "perception.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "latency.json"
+    assert mod.main(["--latency", "--backends", "grabcut,flow", "--frames", "2", "--images", "1",
+                     "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "latency at 480x640" in text and "grabcut" in text and "flow" in text and "1.0x" in text
+    import json
+
+    res = json.loads(out.read_text())
+    assert [r["name"] for r in res["segmenters"]] == ["grabcut"] and len(res["trackers"][0]["ms"]) == 2
