@@ -714,7 +714,7 @@ def wandb_line(run, mode: str, output_dir: str) -> str:
         return f"wandb: disabled ({why}); metrics in {metrics_file}"
     if getattr(run, "offline", False) or mode == "offline":
         run_dir = os.path.dirname(run.dir) if getattr(run, "dir", None) else os.path.join(output_dir, "wandb")
-        return f"wandb: offline run in {run_dir} (upload: wandb sync {run_dir}); metrics also in {metrics_file}"
+        return f"wandb: offline run in {run_dir} (upload: wandb sync {run_dir})"
     return f"wandb: {run.url}"
 
 
