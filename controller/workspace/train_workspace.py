@@ -424,6 +424,10 @@ class TrainDexGraspVLAControllerWorkspace:
                           cpu=not torch.cuda.is_available())
         if not acc.is_main_process:  # one console: the other ranks log warnings and errors only
             logging.getLogger().setLevel(logging.WARNING)
+        # every rank uses rank 0's run directory (Hydra resolves ${now:...} in each process: ranks that
+        # start a second apart would otherwise get different directories)
+        self.output_dir = acc_broadcast_object(acc, self.output_dir)
+        self.ckpt_dir = os.path.join(self.output_dir, "checkpoints")
         acc.print(f"run directory: {self.output_dir}", flush=True)
         if tcfg.get("threads") and acc.device.type == "cpu":
             torch.set_num_threads(int(tcfg.threads))
