@@ -184,7 +184,9 @@ def build_cache(encoder, dataset, out: str, jitter_copies: int = 0, dtype: str =
     copies = int(jitter_copies)
     if copies > 0 and encoder.color_jitter is None:
         raise FeatureCacheError("jitter_copies > 0 but the policy has no color_jitter configured")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from inference_utils.cli_common import resolve_device  # noqa: PLC0415
+
+    device = torch.device(resolve_device(device or "auto"))  # auto: cuda, then mps, then cpu
     encoder = encoder.to(device).eval()
     root = _create_or_check(out, encoder, dataset, copies, dtype, int(batch_size), int(seed))
     batch_size = int(root.attrs["batch_size"])
