@@ -31,7 +31,7 @@ fi
 
 # 3. Project + extras, only when the dependency files changed.
 STAMP="$VENV/.dexgraspvla-$(echo "$EXTRAS" | tr ',' '_').stamp"
-HASH="$(cat pyproject.toml requirements.txt | sha256sum | cut -d' ' -f1)"
+HASH="$(cat pyproject.toml requirements.txt scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
   echo "[bootstrap] installing the project with extras [$EXTRAS] (first time takes a few minutes)"
   # PyPI's torch for x86_64 is a CUDA build: the venv needs ~7 GB. Say so before pip fails halfway.
@@ -45,6 +45,15 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
   LOG="$VENV/pip-install.log"
   if ! "$VENV/bin/python" -m pip install --progress-bar off -e ".[$EXTRAS]" >"$LOG" 2>&1; then
     tail -40 "$LOG"; echo "[bootstrap] pip install failed; full log: $LOG" >&2; exit 1
+  fi
+  # SAM 2 is a source package that needs torch to build: pip's isolated build would fetch the newest
+  # torch (GBs of CUDA wheels) and, with nvcc present, compile a CUDA extension against it. Build it
+  # against the venv's own torch, without the extension (docs/perception.md).
+  if [ "$EXTRAS" = "test" ] || [[ ",$EXTRAS," == *",sam2,"* ]]; then
+    if ! SAM2_BUILD_CUDA=0 "$VENV/bin/python" -m pip install --progress-bar off --no-build-isolation \
+        "sam2==1.1.0" >>"$LOG" 2>&1; then
+      tail -20 "$LOG"; echo "[bootstrap] installing sam2 failed; full log: $LOG" >&2; exit 1
+    fi
   fi
   echo "$HASH" > "$STAMP"
 fi
