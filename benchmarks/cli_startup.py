@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if not clis:
         p.error(f"--only: no CLI named {args.only}; known: {', '.join(c[0] for c in CLIS)}")
     print(f"CLI --help wall time, median of {args.runs} fresh processes ({sys.executable}); target {TARGET_S:.0f} s")
-    header = f"{'command':48s} {'median s':>9s} {'min s':>7s} {'max s':>7s}  {'target':8s}"
+    header = f"{'command':52s} {'median s':>9s} {'min s':>7s} {'max s':>7s}  {'target':8s}"
     print(header)
     print("-" * len(header))
     results, failed = [], False
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         verdict = ("ok" if ok else ("FAIL" if required or code != 0 else "over")) + (" *" if required else "")
         failed |= code != 0 or (required and not ok)
         command = "python " + " ".join(cli_argv) + " --help"
-        print(f"{command:48s} {med:9.2f} {min(times):7.2f} {max(times):7.2f}  {verdict:8s}"
+        print(f"{command:52s} {med:9.2f} {min(times):7.2f} {max(times):7.2f}  {verdict:8s}"
               + (f" (exit {code})" if code else ""))
         results.append({"name": name, "command": command, "median_s": med, "min_s": min(times),
                         "max_s": max(times), "exit_code": code, "required": required, "runs": args.runs})

@@ -6,8 +6,8 @@ Layout of ``<root>/<YYYYmmdd_HHMMSS>_<exp_name>/``::
     run.log             everything logged during the run
     images/NNN_<stage>.png   camera images at each stage, box and mask overlays
     planner/            the planner client's request log (prompts, replies, images sent)
-    attention_maps/     controller attention maps (--gen_attn_map)
-    deployment/         HDF5 + MP4 per attempt (--save_deployment_data)
+    attention_maps/     controller attention maps (--gen-attn-map)
+    deployment/         HDF5 + MP4 per attempt (--save-deployment-data)
     timings.json        duration of every timed step
     summary.json        the run summary
 """

@@ -11,7 +11,7 @@ Manual mode: the box comes from the operator (``--bbox`` or a window); Enter, th
 chunk limit ends an attempt; no planner is involved.
 
 Every control step reads the cameras and joints, updates the tracked mask, records the step
-(``--save_deployment_data``), sends one action and ticks the clock (the simulator steps, the real
+(``--save-deployment-data``), sends one action and ticks the clock (the simulator steps, the real
 robot sleeps to the control rate). Slow work (planner requests, controller inference) runs via
 ``Environment.call`` so that the device stream stays serviced on the real robot.
 """

@@ -1,4 +1,4 @@
-"""Deployment data (``--save_deployment_data``): one HDF5 file and one MP4 per grasp attempt.
+"""Deployment data (``--save-deployment-data``): one HDF5 file and one MP4 per grasp attempt.
 
 HDF5 datasets (T = executed control steps of the attempt)::
 
