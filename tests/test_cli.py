@@ -160,3 +160,15 @@ def test_eval_video_caption():
     frame = np.zeros((120, 480, 3), np.uint8)
     out = caption_frame(frame, text, True)
     assert out.shape == (120 + CAPTION_BAND_PX, 480, 3) and out[:CAPTION_BAND_PX].any() and not out[CAPTION_BAND_PX:].any()
+
+
+@pytest.mark.parametrize("argv", [["inference.py"], ["-m", "sim.evaluate"]], ids=["inference.py", "sim.evaluate"])
+def test_help_imports_nothing_heavy(argv):
+    """``--help`` of the two main CLIs imports no torch / mujoco / hydra / omegaconf (the timing is
+    benchmarks/cli_startup.py's; this checks the cause, not the clock)."""
+    proc = _run(["-X", "importtime", *argv, "--help"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    heavy = imported & {"torch", "mujoco", "hydra", "omegaconf", "cv2", "transformers"}
+    assert not heavy, f"{' '.join(argv)} --help imports {sorted(heavy)}"
