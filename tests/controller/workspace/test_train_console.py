@@ -119,3 +119,26 @@ def test_rollout_schedule(every, at_start, expected):
         if ws._rollout_due(last=epoch == 6):
             due.append(epoch)
     assert due == expected
+
+
+def test_two_processes_one_console(tmp_path):
+    """Under ``train.sh`` with 2 CPU processes only rank 0 logs INFO and prints the console lines."""
+    import socket
+
+    from tests.controller.conftest import run_cli
+    from tests.controller.dataset.factories import make_grasp_zarr
+
+    data = make_grasp_zarr(str(tmp_path / "grasp.zarr"), episode_lengths=(20, 30, 25, 15))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = run_cli([str(REPO / "train.sh"), *BASE, "logging.mode=disabled", f"task.dataset_paths=[{data}]",
+                   "training.num_epochs=1", "training.max_train_steps=2", "training.sample_every=0",
+                   f"hydra.run.dir={tmp_path / 'run'}"],
+                  env={"NUM_PROCESSES": "2", "MAIN_PROCESS_PORT": str(port), "PYTHON": sys.executable})
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert "2 process(es) on cpu" in out
+    assert out.count("[INFO] - obs encoder:") == 1, out[-4000:]  # rank 1's INFO is silenced
+    assert out.count("run directory: ") == 1 and len(re.findall(r"^epoch 0 \[1/1\]", out, re.M)) == 1
+    assert len(re.findall(r"^checkpoints: best ", out, re.M)) == 1
