@@ -142,3 +142,18 @@ def test_two_processes_one_console(tmp_path):
     assert out.count("[INFO] - obs encoder:") == 1, out[-4000:]  # rank 1's INFO is silenced
     assert out.count("run directory: ") == 1 and len(re.findall(r"^epoch 0 \[1/1\]", out, re.M)) == 1
     assert len(re.findall(r"^checkpoints: best ", out, re.M)) == 1
+
+
+def test_wandb_line_per_mode():
+    from types import SimpleNamespace
+
+    from controller.workspace.train_workspace import wandb_line
+
+    online = SimpleNamespace(url="https://wandb.ai/me/proj/runs/abc", offline=False, disabled=False, dir="/r/wandb/x/files")
+    assert wandb_line(online, "online", "/r") == "wandb: https://wandb.ai/me/proj/runs/abc"
+    offline = SimpleNamespace(url=None, offline=True, disabled=False, dir="/r/wandb/offline-run-1/files")
+    assert wandb_line(offline, "offline", "/r") == ("wandb: offline run in /r/wandb/offline-run-1 "
+                                                    "(upload: wandb sync /r/wandb/offline-run-1)")
+    assert wandb_line(None, "disabled", "/r") == "wandb: disabled (logging.mode=disabled); metrics in /r/logs.json.txt"
+    forced = SimpleNamespace(url=None, offline=False, disabled=True, dir=None)
+    assert wandb_line(forced, "online", "/r").startswith("wandb: disabled (WANDB_MODE=disabled)")
