@@ -28,25 +28,28 @@ import sys
 import time
 from typing import Any, Dict, Optional
 
-from omegaconf import OmegaConf
+# torch, safetensors and omegaconf are imported by the functions that need them, so that
+# ``python -m controller.export_checkpoint --help`` answers at once.
 
-from controller.common.registry import UnsafeConfigError, check_config
-from controller.policy.loading import check_targets
-from controller.workspace.integrity import file_sha256
-from safetensors.torch import save_file
-
-from controller.workspace.checkpoint import (CONFIG_FILE, EMA_FILE, FORMAT, META_FILE, MODEL_FILE, NORMALIZER_FILE,
-                                             CheckpointError, atomic_write_dir, read_meta, read_normalizer, read_safetensors,
-                                             resolve_checkpoint_dir)
-
-
-#: The files whose SHA-256 an exported checkpoint records in ``meta.json["sha256"]``.
-HASHED_FILES = (MODEL_FILE, CONFIG_FILE, NORMALIZER_FILE)
+#: The files whose SHA-256 an exported checkpoint records in ``meta.json["sha256"]``
+#: (controller.workspace.checkpoint's MODEL_FILE, CONFIG_FILE, NORMALIZER_FILE).
+HASHED_FILES = ("model.safetensors", "config.yaml", "normalizer.json")
 
 
 def export_checkpoint(src: str, dst: str, use_ema: bool = True, max_mb: Optional[float] = None,
                       note: Optional[str] = None) -> Dict[str, Any]:
     """Write the deployment checkpoint ``dst`` from the training checkpoint ``src``; returns its meta."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    from controller.common.registry import UnsafeConfigError, check_config  # noqa: PLC0415
+    from controller.policy.loading import check_targets  # noqa: PLC0415
+    from controller.workspace.checkpoint import (CONFIG_FILE, EMA_FILE, FORMAT, META_FILE, MODEL_FILE,  # noqa: PLC0415
+                                                 NORMALIZER_FILE, CheckpointError, atomic_write_dir, read_meta,
+                                                 read_normalizer, read_safetensors, resolve_checkpoint_dir)
+    from controller.workspace.integrity import file_sha256  # noqa: PLC0415
+
+    assert HASHED_FILES == (MODEL_FILE, CONFIG_FILE, NORMALIZER_FILE), "HASHED_FILES out of date"
     src = resolve_checkpoint_dir(src)
     model_path = os.path.join(src, MODEL_FILE)
     if not os.path.isfile(model_path):
@@ -119,6 +122,8 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--max-mb", type=float, default=None, help="fail if the weight file would be larger")
     p.add_argument("--note", default=None, help="free text stored in meta.json (e.g. the training command)")
     args = p.parse_args(argv)
+    from controller.workspace.checkpoint import CheckpointError  # noqa: PLC0415 - after parsing: --help stays fast
+
     try:
         meta = export_checkpoint(args.src, args.dst, use_ema=not args.no_ema, max_mb=args.max_mb, note=args.note)
     except CheckpointError as exc:
