@@ -24,3 +24,8 @@ train-demo: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The README's GIF: one simulated episode of the hierarchy (~3-4 min on 2 CPU cores); GIF_ARGS="--seed N" etc.
+.PHONY: readme-gif
+readme-gif: setup
+	@$(PY) -m sim.make_gif --out assets/readme/episode.gif $(GIF_ARGS)

@@ -11,7 +11,7 @@ For each preset (random weights -- nothing is downloaded) it prints and writes t
   values in every block at every denoising step, ``no_grad`` -- and the optimisations added one by
   one: fused SDPA, the condition K/V cache (time-token rows of all steps projected in one batch),
   ``torch.inference_mode`` (and that path again capturing the attention maps, to show what
-  ``--gen_attn_map`` costs and that the normal path does not pay it); then bf16 autocast on top (fast on CPUs with AMX / AVX-512-BF16, but
+  ``--gen-attn-map`` costs and that the normal path does not pay it); then bf16 autocast on top (fast on CPUs with AMX / AVX-512-BF16, but
   not output-equal: its max |difference| is printed like every row's). Per row: median chunk
   latency over ``--repeats`` runs after a warm-up, its encoder / diffusion split, the ratio to the
   straightforward path, the max |difference| of the actions (same noise) and the process's peak

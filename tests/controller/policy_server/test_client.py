@@ -91,7 +91,7 @@ def _run_inference(tmp_path, *args, on_event=None):
         if on_event is not None:
             on_event(name, data)
 
-    base = ["--non_interactive", f"logging.root={tmp_path}", "sim.n_objects=[2,2]", "sim.seed=1",
+    base = ["--non-interactive", f"logging.root={tmp_path}", "sim.n_objects=[2,2]", "sim.seed=1",
             "sim.image_height=240", "sim.image_width=320", "controller.type=remote"]
     code = main([*base, *args], events=[sink])
     run_dir = sorted(p for p in tmp_path.iterdir() if p.is_dir())[-1]

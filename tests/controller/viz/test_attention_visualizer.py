@@ -92,7 +92,7 @@ def _pngs(d: Path) -> dict[str, int]:
 
 
 def test_cli_writes_overview_and_image_figures(attn_dir, capsys):
-    assert viz.main(["--attn_maps_dir", str(attn_dir), "--quiet"]) == 0
+    assert viz.main(["--attn-maps-dir", str(attn_dir), "--quiet"]) == 0
     out = attn_dir / "visualizations"
     files = _pngs(out)
     assert set(files) == {f"{stem}_sample0_{kind}.png"
@@ -104,9 +104,9 @@ def test_cli_writes_overview_and_image_figures(attn_dir, capsys):
 def test_cli_per_head_and_subsets(attn_dir, tmp_path):
     (attn_dir / "epoch_10_step_20.npz").unlink()
     out = tmp_path / "figs"
-    argv = ["--attn_maps_dir", str(attn_dir), "--out_dir", str(out), "--per_head",
-            "--per_head_step", "0", "--steps", "last", "--blocks", "::2", "--sample", "-1",
-            "--quiet", "--dpi", "60", "--log_scale"]
+    argv = ["--attn-maps-dir", str(attn_dir), "--out-dir", str(out), "--per-head",
+            "--per-head-step", "0", "--steps", "last", "--blocks", "::2", "--sample", "-1",
+            "--quiet", "--dpi", "60", "--log-scale"]
     assert viz.main(argv) == 0
     files = _pngs(out)
     assert len(files) == 5                                # overview, images, 3 per-head
@@ -117,23 +117,23 @@ def test_cli_per_head_and_subsets(attn_dir, tmp_path):
 def test_cli_errors(tmp_path, attn_dir, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert viz.main(["--attn_maps_dir", str(empty)]) == 2
+    assert viz.main(["--attn-maps-dir", str(empty)]) == 2
     assert "no .npz attention-map files" in capsys.readouterr().err
-    assert viz.main(["--attn_maps_dir", str(tmp_path / "missing")]) == 2
+    assert viz.main(["--attn-maps-dir", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
 
     (attn_dir / "broken.npz").write_bytes(b"\x00" * 100)
-    assert viz.main(["--attn_maps_dir", str(attn_dir), "--quiet", "--blocks", "0",
+    assert viz.main(["--attn-maps-dir", str(attn_dir), "--quiet", "--blocks", "0",
                      "--dpi", "40"]) == 1
     err = capsys.readouterr().err
     assert "broken.npz" in err and "cannot read" in err
     assert len(_pngs(attn_dir / "visualizations")) == 4     # the good files were still drawn
 
     (attn_dir / "broken.npz").unlink()
-    assert viz.main(["--attn_maps_dir", str(attn_dir), "--sample", "5", "--quiet"]) == 1
+    assert viz.main(["--attn-maps-dir", str(attn_dir), "--sample", "5", "--quiet"]) == 1
     assert "--sample: index 5 out of range" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        viz.main(["--attn_maps_dir", str(attn_dir), "--steps", "some"])
+        viz.main(["--attn-maps-dir", str(attn_dir), "--steps", "some"])
 
 
 def test_script_runs_as_a_subprocess(attn_dir, tmp_path):
@@ -141,7 +141,7 @@ def test_script_runs_as_a_subprocess(attn_dir, tmp_path):
     env = dict(os.environ, MPLBACKEND="Agg")
     out = tmp_path / "sub"
     proc = subprocess.run([sys.executable, str(REPO / "attention_map_visualizer.py"),
-                           "--attn_maps_dir", str(attn_dir), "--out_dir", str(out),
+                           "--attn-maps-dir", str(attn_dir), "--out-dir", str(out),
                            "--blocks", "0", "--sample", "all", "--dpi", "50"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

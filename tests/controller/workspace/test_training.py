@@ -100,7 +100,7 @@ def test_attention_maps_saved_and_visualised(full_run, tmp_path):
     attn_dir = os.path.join(run_dir, "attention_maps")
     files = sorted(os.listdir(attn_dir))
     assert "epoch_0001_train.npz" in files and "epoch_0001_val.npz" in files
-    res = run_cli(["attention_map_visualizer.py", "--attn_maps_dir", attn_dir, "--out_dir", str(tmp_path),
+    res = run_cli(["attention_map_visualizer.py", "--attn-maps-dir", attn_dir, "--out-dir", str(tmp_path),
                    "--quiet"])
     assert res.returncode == 0, res.stderr
     pngs = [f for f in os.listdir(tmp_path) if f.endswith(".png")]

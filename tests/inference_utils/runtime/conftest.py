@@ -76,7 +76,7 @@ def run_inference(tmp_path) -> Callable[..., RunResult]:
             if on_event is not None:
                 on_event(name, data)
 
-        base = ["--non_interactive", f"logging.root={root}", "sim.n_objects=[2,2]", "sim.seed=1",
+        base = ["--non-interactive", f"logging.root={root}", "sim.n_objects=[2,2]", "sim.seed=1",
                 "sim.image_height=240", "sim.image_width=320"]
         code = main([*base, *args], events=[sink])
         root.mkdir(exist_ok=True)

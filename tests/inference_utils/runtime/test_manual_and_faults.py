@@ -91,7 +91,7 @@ def test_unreachable_planner_fails_before_motion(run_inference):
 
 
 def test_shell_entry_point_exit_code(tmp_path):
-    proc = subprocess.run([str(REPO / "inference.sh"), "--non_interactive", "--manual",
+    proc = subprocess.run([str(REPO / "inference.sh"), "--non-interactive", "--manual",
                            f"logging.root={tmp_path}", "controller.type=expert"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2

@@ -11,7 +11,7 @@ from planner.logger import LOG_FILENAME
 
 def test_planner_episode_with_expert_controller(run_inference, planner_url):
     """clear the table: completion check -> propose -> box -> ... -> verified grasps -> done."""
-    res = run_inference("--prompt", "clear the table", "--save_deployment_data", "controller.type=expert",
+    res = run_inference("--prompt", "clear the table", "--save-deployment-data", "controller.type=expert",
                         f"planner.base_url={planner_url}")
     assert res.code == 0, res.log_text
     s = res.summary
@@ -61,7 +61,7 @@ def test_policy_controller_executes_six_actions_per_chunk(run_inference, planner
     """A random-weight tiny controller (deployment defaults: 4 samples averaged, temporal ensemble):
     chunks are predicted and 6 actions of each executed. The lift height is out of reach so that
     random motions never trigger a grasp verification; the attempt ends at the chunk limit."""
-    res = run_inference("--prompt", "clear the table", "--gen_attn_map", "--save_deployment_data",
+    res = run_inference("--prompt", "clear the table", "--gen-attn-map", "--save-deployment-data",
                         f"controller.checkpoint={tiny_checkpoint()}", "controller.seed=0", "loop.lift_height_m=4",
                         "loop.max_chunks_per_attempt=3", "loop.max_attempts=1", f"planner.base_url={planner_url}")
     assert res.code == 0, res.log_text

@@ -43,7 +43,7 @@ def test_bench_robot_realtime_with_emulators(run_inference, tiny_checkpoint):
 def test_ctrl_c_holds_the_arm_and_exits_130(tmp_path):
     env = dict(os.environ, MUJOCO_GL="egl", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "inference.py", "--non_interactive", "--manual", "--bbox", "150,125,185,160",
+        [sys.executable, "inference.py", "--non-interactive", "--manual", "--bbox", "150,125,185,160",
          "controller.type=expert", f"logging.root={tmp_path}", "sim.n_objects=[2,2]", "sim.seed=1",
          "sim.image_height=240", "sim.image_width=320", "robot.attempt_time_limit_s=3600"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
