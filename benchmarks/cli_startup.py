@@ -29,6 +29,7 @@ CLIS: list[tuple[str, list[str], bool]] = [
     ("inference.py", ["inference.py"], True),
     ("sim.evaluate", ["-m", "sim.evaluate"], True),
     ("sim.collect", ["-m", "sim.collect"], False),
+    ("sim.make_gif", ["-m", "sim.make_gif"], False),
     ("attention_map_visualizer.py", ["attention_map_visualizer.py"], False),
     ("planner.server", ["-m", "planner.server"], False),
     ("inference_utils.arm_emulator", ["-m", "inference_utils.arm_emulator"], False),
