@@ -17,6 +17,20 @@ def test_wilson_interval():
     assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
+def test_wilson_interval_matches_closed_form():
+    """The scipy-backed interval equals the textbook Wilson formula it replaced."""
+    import math
+    z = 1.959964
+    for n in (1, 7, 10, 50, 200):
+        for k in range(n + 1):
+            p = k / n
+            den = 1 + z * z / n
+            centre = (p + z * z / (2 * n)) / den
+            half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+            lo, hi = wilson_interval(k, n)
+            assert abs(lo - max(0.0, centre - half)) < 1e-12 and abs(hi - min(1.0, centre + half)) < 1e-12
+
+
 def test_evaluation_with_replay_policy(tmp_path, expert_recorder, replay_policy_factory, config_factory):
     seed = 2000
     actions, ok = expert_recorder(seed, "train")
