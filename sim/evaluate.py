@@ -90,11 +90,9 @@ def caption_frame(frame: np.ndarray, text: str, success: bool | None = None) -> 
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int = 20) -> None:
-    """Write RGB frames to an MP4 (H.264 through imageio-ffmpeg)."""
-    import imageio.v2 as imageio
-    with imageio.get_writer(str(path), fps=fps, codec="libx264", quality=6, macro_block_size=8) as w:
-        for f in frames:
-            w.append_data(f)
+    """Write RGB frames to an MP4 (H.264, through ``inference_utils.video.write_mp4``)."""
+    from inference_utils.video import write_mp4  # noqa: PLC0415
+    write_mp4(path, frames, fps, rgb=True, quality=6, macro_block_size=8)
 
 
 def run_evaluation(policy, split: str = "train", episodes: int = 10, seed: int = 1000, video_k: int = 0,

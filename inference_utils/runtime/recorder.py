@@ -60,13 +60,10 @@ class _AttemptWriter:
             mask_bgr = cv2.resize(mask_bgr, (wrist.shape[1], wrist.shape[0]), interpolation=cv2.INTER_NEAREST)
         frame = np.ascontiguousarray(np.hstack([wrist, head, mask_bgr]))  # (H, 3W, 3) BGR
         if self.video is None:
-            import imageio_ffmpeg  # noqa: PLC0415
+            from inference_utils.video import Mp4Writer  # noqa: PLC0415
 
-            h, w = frame.shape[:2]
-            self.video = imageio_ffmpeg.write_frames(str(self.mp4_path), (w, h), fps=self.fps,
-                                                     pix_fmt_in="bgr24", macro_block_size=1)
-            self.video.send(None)
-        self.video.send(frame.tobytes())
+            self.video = Mp4Writer(self.mp4_path, self.fps, macro_block_size=1)  # BGR frames
+        self.video.append(frame)
 
     def close(self) -> None:
         self.file.attrs["frames"] = self.n
