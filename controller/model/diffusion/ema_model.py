@@ -4,6 +4,13 @@ Decay follows the warm-up schedule used by Diffusion Policy / the reference:
 ``decay = 1 - (1 + step / inv_gamma) ** -power`` clipped to ``[min_value, max_value]``, zero for
 the first ``update_after_step`` steps. Only trainable parameters are averaged (frozen backbones
 are shared with the live model, so the EMA costs the trainable size, not the whole model's).
+
+Why not ``diffusers.training_utils.EMAModel``: (1) the decay at update n here is ``get_decay(n - 1)``
+as in Diffusion Policy's reference, diffusers uses ``get_decay(n)`` (a one-step shift, equal only
+with ``update_after_step + 1``), so runs resume bit for bit across this change; (2) the checkpoint
+holds a name-keyed fp32 ``shadow`` of the trainable parameters, which exact resume, export and
+the converters rely on and which reports a missing tensor by name (diffusers saves a positional
+list in the parameters' dtype); (3) frozen parameters are not copied (diffusers copies them too).
 """
 from __future__ import annotations
 
