@@ -97,11 +97,13 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 20) -> None:
 
 def run_evaluation(policy, split: str = "train", episodes: int = 10, seed: int = 1000, video_k: int = 0,
                    out_dir: str | Path | None = None, n_execute: int = 6, config: SimConfig | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, viz=None) -> dict:
     """Run ``episodes`` closed-loop episodes (scene seeds ``seed .. seed+episodes-1``) on ``split``.
 
     Returns a summary dict (success rate, Wilson interval, per-episode records); with ``out_dir``
     it also writes ``summary_<split>.json`` and ``<split>_epNNN.mp4`` for the first ``video_k``.
+    ``viz`` (``--viz rerun``: an ``inference_utils.runtime.viz_rerun.RerunViz``) receives every
+    step's cameras, ground-truth mask and its box, the state and each predicted chunk.
     """
     from sim.env import GraspEnv
     check_split(split)
@@ -117,6 +119,7 @@ def run_evaluation(policy, split: str = "train", episodes: int = 10, seed: int =
     config = (config or SimConfig()).with_(split=split)
     records = []
     t0 = time.time()
+    viz_step = 0
     with GraspEnv(config) as env:
         for i in tqdm(range(episodes), desc=f"eval {split}", unit="ep", disable=not progress):
             if hasattr(policy, "reset"):
@@ -126,6 +129,9 @@ def run_evaluation(policy, split: str = "train", episodes: int = 10, seed: int =
             obs, info = env.reset(seed=seed + i, split=split)
             frames = [compose_frame(obs)] if i < video_k else None
             done, chunks = False, 0
+            if viz is not None:
+                viz.log_planner("evaluator", f"{split} episode {i} seed {seed + i}: grasp the "
+                                f"{env.scene.objects[env.target].describe()}")
             while not done:
                 chunk = np.asarray(policy.predict_chunk(obs), dtype=np.float64)
                 if chunk.ndim != 2 or chunk.shape[1] != 13:
@@ -133,6 +139,9 @@ def run_evaluation(policy, split: str = "train", episodes: int = 10, seed: int =
                 chunks += 1
                 executed = 0
                 for action in chunk[:n_execute]:
+                    if viz is not None:
+                        _viz_step(viz, viz_step, obs, chunk if executed == 0 else None)
+                        viz_step += 1
                     obs, _, terminated, truncated, info = env.step(action)
                     executed += 1
                     if frames is not None:
@@ -152,6 +161,9 @@ def run_evaluation(policy, split: str = "train", episodes: int = 10, seed: int =
                 write_video(vpath, frames, fps=int(config.control_hz))
                 rec["video"] = str(vpath)
             records.append(rec)
+            if viz is not None:
+                viz.log_planner("evaluator", f"episode {i}: {'success' if rec['success'] else 'failure'} "
+                                f"after {rec['steps']} steps, target lift {rec['target_lift_m']:.3f} m")
     n_succ = sum(r["success"] for r in records)
     lo, hi = wilson_interval(n_succ, episodes)
     summary = {"split": split, "episodes": episodes, "successes": n_succ, "success_rate": n_succ / episodes,
@@ -160,6 +172,14 @@ def run_evaluation(policy, split: str = "train", episodes: int = 10, seed: int =
     if out is not None:
         (out / f"summary_{split}.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _viz_step(viz, step: int, obs: dict, chunk) -> None:
+    """One step of the live view: head / wrist (BGR), the ground-truth mask and its box, the state."""
+    from inference_utils.runtime.viz_rerun import mask_box  # noqa: PLC0415
+
+    mask = obs["rgbm"][:, :, 3] > 0
+    viz.log_step(step, obs["rgbm"][:, :, :3], obs["right_cam_img"], mask, mask_box(mask), obs["right_state"], chunk)
 
 
 def load_policy(checkpoint: str, device: str = "cpu", temporal_ensemble: float | None = None,
@@ -204,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="blend overlapping chunks with weights exp(-DECAY * age in steps); 'off' disables")
     p.add_argument("--num-samples", type=int, default=defaults.NUM_SAMPLES,
                    help="chunks denoised per observation and averaged (1: a single sample)")
+    p.add_argument("--viz", choices=("none", "rerun"), default=None,
+                   help="live view: rerun streams cameras, mask, box, state and chunks (spawns a viewer, "
+                        "or saves OUT/live_view.rrd without a display)")
+    p.add_argument("--viz-save", default=None, metavar="PATH", help="--viz rerun: save the stream to this .rrd")
+    p.add_argument("--viz-connect", default=None, metavar="HOST:PORT",
+                   help="--viz rerun: stream to a running rerun viewer there")
     args = p.parse_args(argv)
     splits = list(SPLITS) if args.split == ["all"] else args.split
     try:
@@ -224,12 +250,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if policy is None:
         policy = load_policy(args.checkpoint, cli_common.resolve_device(args.device), decay, args.num_samples)
+    viz_kind = args.viz or ("rerun" if (args.viz_save or args.viz_connect) else "none")
+    viz = None
+    if viz_kind != "none":
+        from inference_utils.runtime.viz_rerun import make_viz  # noqa: PLC0415 - rerun only with --viz
+        try:
+            viz = make_viz(viz_kind, args.viz_save, args.viz_connect, args.out, app_id="dexgraspvla_sim_eval")
+        except ImportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"live view: rerun, {viz.mode} {viz.target or '(viewer spawned)'}", file=sys.stderr)
     results = {}
-    for s in splits:
-        r = run_evaluation(policy, s, args.episodes, args.seed, args.video, args.out, args.execute, config)
-        results[s] = {k: r[k] for k in ("episodes", "successes", "success_rate", "wilson95")}
-        print(f"{s:20s} success {r['success_rate'] * 100:5.1f} %  "
-              f"(95 % CI {r['wilson95'][0] * 100:.1f}-{r['wilson95'][1] * 100:.1f}, n={r['episodes']})")
+    try:
+        for s in splits:
+            r = run_evaluation(policy, s, args.episodes, args.seed, args.video, args.out, args.execute, config,
+                               viz=viz)
+            results[s] = {k: r[k] for k in ("episodes", "successes", "success_rate", "wilson95")}
+            print(f"{s:20s} success {r['success_rate'] * 100:5.1f} %  "
+                  f"(95 % CI {r['wilson95'][0] * 100:.1f}-{r['wilson95'][1] * 100:.1f}, n={r['episodes']})")
+    finally:
+        if viz is not None:
+            viz.close()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     source = args.checkpoint or (f"remote {policy.url}: {policy.metadata['model_id']} "
                                  f"({policy.metadata['checkpoint_sha256']})")

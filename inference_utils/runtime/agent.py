@@ -9,6 +9,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from inference_utils.runtime.episode_log import EpisodeLog
+from inference_utils.runtime.viz_rerun import NullViz
 
 
 def build_planner(cfg: Mapping[str, Any], episode_dir: Path) -> Any:
@@ -45,6 +46,8 @@ class Agent:
         self.tracker = tracker
         self.planner = planner
         self.planner_calls: list[str] = []
+        #: live view (``--viz rerun``: a :class:`~inference_utils.runtime.viz_rerun.RerunViz`)
+        self.viz: Any = NullViz()
 
     # ------------------------------------------------------------------ planner
     def _plan(self, task: str, fn, *args: Any) -> Any:
@@ -52,7 +55,9 @@ class Agent:
             raise RuntimeError(f"planner task {task} requested in manual mode")
         self.planner_calls.append(task)
         with self.log.timed(f"planner.{task}"):
-            return fn(*args)
+            result = fn(*args)
+        self.viz.log_planner(task, str(result))
+        return result
 
     def check_completion(self, prompt: str, initial_head: np.ndarray, current_head: np.ndarray) -> Any:
         """Planner: is the user prompt fully carried out? -> CompletionCheck."""

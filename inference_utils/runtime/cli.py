@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bbox", default=None, help="manual box x1,y1,x2,y2 in head-image pixels")
     parser.add_argument("--non-interactive", "--yes", action="store_true",
                         help="never read the terminal (scripts, CI)")
+    parser.add_argument("--viz", choices=("none", "rerun"), default=None,
+                        help="live view: rerun streams cameras, mask, box, state, chunk and planner messages "
+                             "(spawns a viewer, or saves <run dir>/live_view.rrd without a display)")
+    parser.add_argument("--viz-save", default=None, metavar="PATH", help="--viz rerun: save the stream to this .rrd")
+    parser.add_argument("--viz-connect", default=None, metavar="HOST:PORT",
+                        help="--viz rerun: stream to a running rerun viewer there")
     parser.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     return parser
 
@@ -64,6 +70,14 @@ def main(argv: Optional[Sequence[str]] = None, events: Sequence = ()) -> int:
             cfg.prompt = args.prompt
         if args.bbox is not None:
             cfg.bbox = args.bbox
+        if args.viz is not None:
+            cfg.viz.backend = args.viz
+        elif args.viz_save is not None or args.viz_connect is not None:
+            cfg.viz.backend = "rerun"  # --viz-save / --viz-connect imply --viz rerun
+        if args.viz_save is not None:
+            cfg.viz.save = args.viz_save
+        if args.viz_connect is not None:
+            cfg.viz.connect = args.viz_connect
     if args.cfg:
         print(OmegaConf.to_yaml(cfg))
         return 0

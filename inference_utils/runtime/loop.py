@@ -71,6 +71,7 @@ class GraspLoop:
         self.events = list(events)
         self.outcomes: list[AttemptOutcome] = []
         self._planner_errors = 0
+        self._viz_step = 0  # live view: control steps of the whole run
 
     def emit(self, name: str, **data: Any) -> None:
         """Notify the event sinks."""
@@ -207,6 +208,9 @@ class GraspLoop:
                 if k:
                     obs = env.observe()
                     mask = agent.track(obs.head_bgr)
+                agent.viz.log_step(self._viz_step, obs.head_bgr, obs.wrist_bgr, mask, box, obs.state,
+                                   chunk if k == 0 else None)
+                self._viz_step += 1
                 if self.recorder is not None:
                     rgbm = np.concatenate([obs.head_bgr, (mask.astype(np.uint8) * 255)[..., None]], axis=2)
                     self.recorder.add(obs.wrist_bgr, rgbm, obs.state, chunk[k])

@@ -69,7 +69,14 @@ def _build(cfg: DictConfig, log: Any) -> tuple[Any, Any]:
     with log.timed("controller.load"):
         controller = build_controller(plain["controller"], env)
     planner = build_planner(plain["planner"], log.planner_dir) if cfg.mode == "planner" else None
-    return env, Agent(log, controller, segmenter, tracker, planner)
+    agent = Agent(log, controller, segmenter, tracker, planner)
+    viz_cfg = plain.get("viz") or {}
+    if (viz_cfg.get("backend") or "none") != "none":
+        from inference_utils.runtime.viz_rerun import make_viz  # noqa: PLC0415 - rerun only with --viz
+
+        agent.viz = make_viz(viz_cfg.get("backend"), viz_cfg.get("save"), viz_cfg.get("connect"), log.dir)
+        log.logger.info("live view: rerun, %s %s", agent.viz.mode, agent.viz.target or "(viewer spawned)")
+    return env, agent
 
 
 def _manual_callbacks(cfg: DictConfig, log: Any) -> tuple[Callable, Callable]:
@@ -191,6 +198,7 @@ def _shutdown(env: Any, agent: Any, recorder: Any, log: Any, summary: dict) -> N
     """Flush the recorder, disconnect devices, close the planner and the controller (a remote
     controller's connection); failures are logged only."""
     steps = [("recorder", recorder and recorder.close), ("devices", env and env.disconnect),
+             ("live view", agent and agent.viz.close),
              ("planner", agent and agent.planner and agent.planner.close),
              ("controller", agent and getattr(agent.controller, "close", None))]
     for name, step in steps:
