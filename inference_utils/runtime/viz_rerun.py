@@ -19,11 +19,14 @@ default everywhere is :class:`NullViz`, which does nothing.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 VIZ_CHOICES = ("none", "rerun")
 DEFAULT_RRD_NAME = "live_view.rrd"
@@ -92,7 +95,7 @@ class RerunViz:
         try:
             import rerun as rr  # noqa: PLC0415 - only with --viz rerun
         except ImportError as exc:
-            raise ImportError("--viz rerun needs rerun-sdk: pip install 'rerun-sdk>=0.20' "
+            raise ImportError("--viz rerun needs rerun-sdk: pip install 'rerun-sdk>=0.23' "
                               "(or pip install -e '.[viz]')") from exc
         self.rr, self.mode, self.target = rr, mode, target
         self.joint_names = list(joint_names) if joint_names is not None else None
@@ -127,10 +130,26 @@ class RerunViz:
         self._series_named = True
 
     # ------------------------------------------------------------------ API
+    def _failed(self, what: str, exc: BaseException) -> None:
+        """A viewer problem never stops the robot: log once, then stop streaming."""
+        logger.warning("live view: %s failed (%s: %s); streaming stops, the run goes on",
+                       what, type(exc).__name__, exc)
+        self.enabled = False
+
     def log_step(self, step: int, head_bgr: Any = None, wrist_bgr: Any = None, mask: Any = None,
                  box: Any = None, state: Any = None, chunk: Any = None) -> None:
         """One control step: head / wrist BGR images, bool (H, W) mask, box ``[x1, y1, x2, y2]`` in
-        head pixels, joint state (D,), and (when a new one was predicted) the chunk (horizon, D)."""
+        head pixels, joint state (D,), and (when a new one was predicted) the chunk (horizon, D).
+        Errors are logged and end the streaming, never the run."""
+        if not self.enabled:
+            return
+        try:
+            self._log_step(step, head_bgr, wrist_bgr, mask, box, state, chunk)
+        except Exception as exc:  # noqa: BLE001 - visualisation must not stop the robot
+            self._failed("log_step", exc)
+
+    def _log_step(self, step: int, head_bgr: Any, wrist_bgr: Any, mask: Any, box: Any, state: Any,
+                  chunk: Any) -> None:
         rr, rec = self.rr, self.rec
         rec.set_time("step", sequence=int(step))
         if head_bgr is not None:
@@ -156,7 +175,12 @@ class RerunViz:
 
     def log_planner(self, role: str, text: str) -> None:
         """A planner request's result (``role`` = the task, e.g. ``predict_bbox``)."""
-        self.rec.log("planner", self.rr.TextLog(f"{role}: {text}", level="INFO"))
+        if not self.enabled:
+            return
+        try:
+            self.rec.log("planner", self.rr.TextLog(f"{role}: {text}", level="INFO"))
+        except Exception as exc:  # noqa: BLE001 - visualisation must not stop the robot
+            self._failed("log_planner", exc)
 
     def close(self) -> None:
         """Flush the stream (the ``.rrd`` file is complete afterwards)."""

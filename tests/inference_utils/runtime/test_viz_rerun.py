@@ -119,3 +119,17 @@ def test_planner_run_logs_planner_messages(run_inference, planner_url, tmp_path)
     entities = rrd_entities(rrd)
     if entities is not None:
         assert STEP_ENTITIES | {"/planner"} <= entities, entities
+
+
+def test_a_viewer_failure_never_stops_the_run(tmp_path, caplog):
+    """An error inside rerun is logged once and ends the streaming, not the robot's run."""
+    from inference_utils.runtime.viz_rerun import RerunViz
+
+    viz = RerunViz(mode="save", target=str(tmp_path / "x.rrd"))
+    viz.log_step(0, state=np.zeros(13))
+    viz.log_step(1, box=[1, 2])  # a malformed box makes logging fail
+    assert viz.enabled is False
+    viz.log_step(2, state=np.zeros(13))  # ignored, no exception
+    viz.log_planner("predict_bbox", "ok")
+    viz.close()
+    assert any("live view" in r.message for r in caplog.records)
