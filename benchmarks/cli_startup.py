@@ -47,7 +47,6 @@ CLIS: list[tuple[str, list[str], bool]] = [
     ("benchmarks/policy_server.py", ["benchmarks/policy_server.py"], False),
     ("benchmarks/perception.py", ["benchmarks/perception.py"], False),
     ("benchmarks/controller_speed.py", ["benchmarks/controller_speed.py"], False),
-    ("benchmarks/reference_side_by_side.py", ["benchmarks/reference_side_by_side.py"], False),
     ("benchmarks/cli_startup.py", ["benchmarks/cli_startup.py"], False),
 ]
 
