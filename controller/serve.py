@@ -17,19 +17,8 @@ from typing import Optional, Sequence
 from controller.policy_server.protocol import (DEFAULT_HOST, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MESSAGE_BYTES,
                                                DEFAULT_MAX_NUM_SAMPLES, DEFAULT_PORT, TOKEN_ENV_VAR,
                                                valid_token_env_name)
+from inference_utils.cli_common import positive
 
-
-def _positive(kind: type):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return value
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,20 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto: bf16 autocast on CUDA, fp32 elsewhere")
     p.add_argument("--compile", action="store_true", help="torch.compile the policy (one-off compile at start-up)")
-    p.add_argument("--num-samples", type=_positive(int), default=1,
+    p.add_argument("--num-samples", type=positive(int), default=1,
                    help="chunks averaged per observation when a request does not say (requests may ask for "
                         "up to --max-num-samples)")
-    p.add_argument("--max-num-samples", type=_positive(int), default=DEFAULT_MAX_NUM_SAMPLES)
+    p.add_argument("--max-num-samples", type=positive(int), default=DEFAULT_MAX_NUM_SAMPLES)
     p.add_argument("--token-env", default=TOKEN_ENV_VAR,
                    help=f"environment variable holding the shared token (default {TOKEN_ENV_VAR})")
-    p.add_argument("--max-message-mb", type=_positive(float), default=DEFAULT_MAX_MESSAGE_BYTES / 2 ** 20,
+    p.add_argument("--max-message-mb", type=positive(float), default=DEFAULT_MAX_MESSAGE_BYTES / 2 ** 20,
                    help="largest request in MiB (default %(default)g)")
-    p.add_argument("--max-image-pixels", type=_positive(int), default=DEFAULT_MAX_IMAGE_PIXELS,
+    p.add_argument("--max-image-pixels", type=positive(int), default=DEFAULT_MAX_IMAGE_PIXELS,
                    help="largest image, height x width (default %(default)d = 1920 x 1080)")
-    p.add_argument("--max-clients", type=_positive(int), default=1, help="clients served at once (default 1)")
-    p.add_argument("--ping-interval", type=_positive(float), default=20.0,
+    p.add_argument("--max-clients", type=positive(int), default=1, help="clients served at once (default 1)")
+    p.add_argument("--ping-interval", type=positive(float), default=20.0,
                    help="seconds between keep-alive pings; a client silent for --ping-timeout more is dropped")
-    p.add_argument("--ping-timeout", type=_positive(float), default=20.0)
+    p.add_argument("--ping-timeout", type=positive(float), default=20.0)
     p.add_argument("--log-level", default="INFO")
     return p
 

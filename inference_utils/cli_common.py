@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from typing import Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 DEVICE_CHOICES_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"
 
@@ -98,3 +98,18 @@ def resolve_device(name: Optional[str] = "auto") -> str:
     if mps is not None and mps.is_available():
         return "mps"
     return "cpu"
+
+
+def positive(kind: type) -> Callable[[str], Any]:
+    """An argparse ``type`` accepting only values of ``kind`` (int, float) above zero."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    return parse

@@ -11,27 +11,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import uvicorn
 
+from inference_utils.cli_common import positive
 from planner.server.app import (DEFAULT_MAX_BODY_MB, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGES, MODEL_ID,
                                 TOKEN_ENV_VAR, check_bind, create_app)
 
-
-def _positive(kind: type) -> Callable[[str], Any]:
-    """An argparse ``type`` accepting only values of ``kind`` above zero."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return value
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,12 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-dir", default=None, help="directory for server_requests.jsonl")
     parser.add_argument("--model-id", default=MODEL_ID, help="model id reported by /v1/models")
     parser.add_argument("--log-level", default="info")
-    parser.add_argument("--max-body-mb", type=_positive(float), default=DEFAULT_MAX_BODY_MB,
+    parser.add_argument("--max-body-mb", type=positive(float), default=DEFAULT_MAX_BODY_MB,
                         help=f"largest request body in MB, larger gets HTTP 413 (default {DEFAULT_MAX_BODY_MB:g})")
-    parser.add_argument("--max-image-pixels", type=_positive(int), default=DEFAULT_MAX_IMAGE_PIXELS,
+    parser.add_argument("--max-image-pixels", type=positive(int), default=DEFAULT_MAX_IMAGE_PIXELS,
                         help="largest width*height of one image, checked from its header before decoding "
                              f"(default {DEFAULT_MAX_IMAGE_PIXELS} = 2048x2048)")
-    parser.add_argument("--max-images", type=_positive(int), default=DEFAULT_MAX_IMAGES,
+    parser.add_argument("--max-images", type=positive(int), default=DEFAULT_MAX_IMAGES,
                         help=f"most images in one request (default {DEFAULT_MAX_IMAGES})")
     parser.add_argument("--token-env", default=TOKEN_ENV_VAR,
                         help="name of the environment variable holding the API token; when it is set, requests "
