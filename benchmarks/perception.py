@@ -51,6 +51,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+from inference_utils.cli_common import resolve_device  # noqa: E402
 from inference_utils.perception import build_segmenter, build_tracker, mask_iou, mask_to_box  # noqa: E402
 
 IOU_TARGET = 0.7
@@ -330,7 +331,7 @@ def main(argv=None) -> int:
     p.add_argument("--tracker-weights", default=None)
     p.add_argument("--reseg-every", type=int, default=10)
     p.add_argument("--no-reacquire", action="store_true", help="flow tracker: do not re-find a lost object")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="segmenter/tracker device of the IoU run: auto (cuda, mps, cpu)")
     p.add_argument("--json", default=None, help="write per-episode results to this file")
     p.add_argument("--latency", action="store_true",
                    help="per-frame latency of every back-end side by side (random weights, 480x640)")
@@ -347,8 +348,9 @@ def main(argv=None) -> int:
         return latency_main(args)
 
     cfg = {"segmenter": {"backend": args.segmenter, "checkpoint": args.sam_checkpoint,
-                         "model_type": args.sam_model_type, "device": args.device},
-           "tracker": {"backend": args.tracker, "weights": args.tracker_weights, "device": args.device}}
+                         "model_type": args.sam_model_type, "device": resolve_device(args.device)},
+           "tracker": {"backend": args.tracker, "weights": args.tracker_weights,
+                       "device": resolve_device(args.device)}}
     if args.tracker == "flow":
         cfg["tracker"]["reseg_every"] = args.reseg_every
         cfg["tracker"]["reacquire"] = not args.no_reacquire

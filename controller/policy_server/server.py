@@ -74,14 +74,12 @@ class ServedPolicy:
                         use_ema: bool = True, num_samples: int = 1,
                         max_num_samples: int = DEFAULT_MAX_NUM_SAMPLES) -> "ServedPolicy":
         """Load a checkpoint directory (:meth:`ChunkPolicy.from_checkpoint`, the same safe loader)."""
-        import torch  # noqa: PLC0415
-
         from controller.policy.chunk_runner import ChunkPolicy  # noqa: PLC0415
         from controller.workspace.checkpoint import MODEL_FILE, resolve_checkpoint_dir  # noqa: PLC0415
         from controller.workspace.integrity import file_sha256, recorded_hashes  # noqa: PLC0415
+        from inference_utils.cli_common import resolve_device  # noqa: PLC0415 - cuda, then mps, then cpu
 
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device)
         ckpt_dir = resolve_checkpoint_dir(path)
         policy = ChunkPolicy.from_checkpoint(ckpt_dir, device, use_ema=use_ema, precision=precision,
                                              compile=compile, num_samples=num_samples)
