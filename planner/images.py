@@ -56,17 +56,25 @@ def to_data_url(image_bgr: np.ndarray, fmt: str = "png", jpeg_quality: int = 90)
     return f"data:image/{fmt};base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def from_data_url(url: str) -> np.ndarray:
-    """Decode a base64 image data URL to a BGR ``uint8`` array; raises ``ImageDecodeError``."""
+def data_url_bytes(url: str) -> bytes:
+    """The encoded image bytes of a base64 image data URL (not decoded); raises ``ImageDecodeError``."""
     if not isinstance(url, str):
         raise ImageDecodeError("image url must be a string")
     match = _DATA_URL.match(url.strip())
     if match is None:
         raise ImageDecodeError("image url must be a base64 data URL 'data:image/<fmt>;base64,...'")
     try:
-        raw = base64.b64decode(match.group("data"), validate=False)
+        return base64.b64decode(match.group("data"), validate=False)
     except (binascii.Error, ValueError) as exc:
         raise ImageDecodeError(f"invalid base64 image data: {exc}") from exc
+
+
+def from_data_url(url: str) -> np.ndarray:
+    """Decode a base64 image data URL to a BGR ``uint8`` array; raises ``ImageDecodeError``.
+
+    For images from our own client; a server decoding untrusted images checks their header size
+    first (``planner.server.app.decode_image_url``)."""
+    raw = data_url_bytes(url)
     array = np.frombuffer(raw, dtype=np.uint8)
     image = cv2.imdecode(array, cv2.IMREAD_COLOR) if array.size else None
     if image is None:

@@ -34,13 +34,10 @@ In code, pass the token as ``create_app(api_token=...)``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import io
 import json
 import logging
-import re
 import struct
 import threading
 import time
@@ -57,7 +54,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 
 from inference_utils.net_security import is_loopback_host  # shared with the policy server; re-exported
-from planner.images import ImageDecodeError
+from planner.images import ImageDecodeError, data_url_bytes
 from planner.server.tasks import TaskError, TaskRequest, answer, recognise_task
 
 MODEL_ID = "dexgraspvla-offline-planner"
@@ -70,7 +67,6 @@ DEFAULT_MAX_IMAGES = 8
 TOKEN_ENV_VAR = "DEXGRASPVLA_PLANNER_API_KEY"
 UNAUTHENTICATED_PATHS = frozenset({"/health"})
 
-_DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,(?P<data>.*)$", re.DOTALL)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (they carry the image size); C4, C8 and CC are other segments.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -170,15 +166,7 @@ def decode_image_url(url: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np
     of more than ``max_pixels`` pixels raises ``ImageTooLarge`` without being decoded. Other
     problems (not a data URL, bad base64, unknown format, corrupt data) raise ``ImageDecodeError``.
     """
-    if not isinstance(url, str):
-        raise ImageDecodeError("image url must be a string")
-    match = _DATA_URL.match(url.strip())
-    if match is None:
-        raise ImageDecodeError("image url must be a base64 data URL 'data:image/<fmt>;base64,...'")
-    try:
-        raw = base64.b64decode(match.group("data"), validate=False)
-    except (binascii.Error, ValueError) as exc:
-        raise ImageDecodeError(f"invalid base64 image data: {exc}") from exc
+    raw = data_url_bytes(url)
     if not raw:
         raise ImageDecodeError("image data is empty")
     width, height, fmt = image_header_size(raw)
