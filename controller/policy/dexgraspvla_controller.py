@@ -60,6 +60,9 @@ class DexGraspVLAController(nn.Module):
         fused_attention: fused SDPA in every attention layer that offers the choice (DiT and DINOv2
             backbones); False materialises the attention weights (the straightforward path the
             speed benchmark compares against; same outputs up to float rounding).
+        onednn_linear: float32 CPU inference matmuls of every linear layer through oneDNN instead
+            of MKL (:mod:`controller.model.common.linear`: faster on AMD CPUs; training, autocast,
+            other devices and compiled code keep ``F.linear``; same outputs up to float rounding).
         attn_map_samples: number of batch samples whose attention maps are returned.
         start_ckpt_path: weights to start from (consumed by the workspace, kept for the config).
     """
@@ -69,7 +72,8 @@ class DexGraspVLAController(nn.Module):
                  p_drop_attn: float = 0.1, mlp_ratio: float = 1.0, use_attn_mask: bool = False,
                  cond_drop_probs: Tuple[float, float, float] = (0.1, 0.1, 0.1),
                  immiscible_noise: bool = True, mask_padded_actions: bool = True,
-                 cache_condition_kv: bool = True, fused_attention: bool = True, attn_map_samples: int = 2,
+                 cache_condition_kv: bool = True, fused_attention: bool = True, onednn_linear: bool = True,
+                 attn_map_samples: int = 2,
                  start_ckpt_path: Optional[str] = None, **scheduler_step_kwargs) -> None:
         super().__init__()
         self.shape_meta = validate_shape_meta(shape_meta, "policy.shape_meta")
@@ -92,6 +96,7 @@ class DexGraspVLAController(nn.Module):
         self.mask_padded_actions = bool(mask_padded_actions)
         self.cache_condition_kv = bool(cache_condition_kv)
         self.set_fused_attention(fused_attention)
+        self.set_onednn_linear(onednn_linear)
         self.attn_map_samples = int(attn_map_samples)
         self.start_ckpt_path = start_ckpt_path
         self.scheduler_step_kwargs = dict(scheduler_step_kwargs)
@@ -116,6 +121,13 @@ class DexGraspVLAController(nn.Module):
         from controller.model.diffusion.layers import set_fused_attention
         self.fused_attention = bool(enabled)
         set_fused_attention(self, self.fused_attention)
+
+    def set_onednn_linear(self, enabled: bool) -> None:
+        """oneDNN (True) or MKL (``F.linear``, False) for the float32 CPU inference matmuls of every
+        linear layer (:func:`controller.model.common.linear.set_onednn_linear`)."""
+        from controller.model.common.linear import set_onednn_linear
+        self.onednn_linear = bool(enabled)
+        set_onednn_linear(self, self.onednn_linear)
 
     def compile_for_inference(self, freezing: bool = True, **options) -> None:
         """Compile the observation encoder, the condition K/V projection and the cached denoising

@@ -163,12 +163,18 @@ class TransformerForActionDiffusion(nn.Module):
         (B, h, L, d), contiguous, keys k-normed. Pure tensor code (no cache bookkeeping), so the
         policy can hand it to ``torch.compile`` (:mod:`controller.policy.inference_compile`).
         """
-        keys, values = [], []
-        for blk in self.blocks:
+        B, L, D = c.shape
+        h = self.n_head
+        # one block of memory for all keys and one for all values, allocated before the per-block
+        # temporaries: the cache (12 x 2 x 11 MB for the paper preset) does not end up interleaved
+        # with freed temporaries in the heap, whose holes would stay resident (measured +0.15 GB)
+        keys = c.new_empty(len(self.blocks), B, h, L, D // h)
+        values = c.new_empty(len(self.blocks), B, h, L, D // h)
+        for i, blk in enumerate(self.blocks):
             k, v = blk.cross_attn.project_kv(c)                       # (B, h, L, d) each
-            keys.append(k.contiguous())
-            values.append(v.contiguous())
-        return keys, values
+            keys[i].copy_(k)
+            values[i].copy_(v)
+        return list(keys.unbind(0)), list(values.unbind(0))
 
     @torch.no_grad()
     def prepare_condition(self, cond: torch.Tensor, timesteps=None, project=None) -> ConditionCache:

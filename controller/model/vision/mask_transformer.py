@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from controller.model.common.linear import linear
 from controller.model.diffusion.layers import attention
 
 
@@ -37,11 +38,13 @@ class MaskTransformerLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.nhead = nhead
         self.fused_attn = True  # switched by controller.model.diffusion.layers.set_fused_attention
+        self.onednn_linear = False  # switched by controller.model.common.linear.set_onednn_linear
 
     def _self_attention(self, x: torch.Tensor) -> torch.Tensor:
         B, n, d = x.shape
         h = self.nhead
-        qkv = F.linear(x, self.self_attn.in_proj_weight, self.self_attn.in_proj_bias)  # (B, n, 3d)
+        project = linear if self.onednn_linear else F.linear
+        qkv = project(x, self.self_attn.in_proj_weight, self.self_attn.in_proj_bias)  # (B, n, 3d)
         q, k, v = qkv.view(B, n, 3, h, d // h).permute(2, 0, 3, 1, 4)               # 3 x (B, h, n, d/h)
         out = attention(q, k, v, fused=self.fused_attn)                              # (B, h, n, d/h)
         out = out.transpose(1, 2).reshape(B, n, d)
