@@ -10,7 +10,8 @@ For each preset (random weights -- nothing is downloaded) it prints and writes t
   does without xFormers) in the backbones and the DiT, every condition token projected to keys and
   values in every block at every denoising step, ``no_grad`` -- and the optimisations added one by
   one: fused SDPA, the condition K/V cache (time-token rows of all steps projected in one batch),
-  ``torch.inference_mode`` (and that path again capturing the attention maps, to show what
+  ``torch.inference_mode``, oneDNN instead of MKL for the linear layers' matmuls
+  (``controller.model.common.linear``) (and that path again capturing the attention maps, to show what
   ``--gen-attn-map`` costs and that the normal path does not pay it); then bf16 autocast on top (fast on CPUs with AMX / AVX-512-BF16, but
   not output-equal: its max |difference| is printed like every row's). Per row: median chunk
   latency over ``--repeats`` runs after a warm-up, its encoder / diffusion split, the ratio to the
@@ -25,7 +26,8 @@ For each preset (random weights -- nothing is downloaded) it prints and writes t
   ratio both to the first straightforward row and to the straightforward path under the same
   allocator (``speedup_same_allocator``).
 * **training step** (``--train-batch``): forward + backward + AdamW step from images with explicit
-  attention (straightforward), from images with fused SDPA, from cached backbone tokens (fed as
+  attention and MKL matmuls (straightforward), from images with fused SDPA (and oneDNN for the
+  frozen backbones' matmuls, which need no gradient), from cached backbone tokens (fed as
   tensors, mask-only ``rgbm``), both fused ones again with the denoiser under ``torch.compile``
   (``training.compile=true``; ``--no-compile`` skips these rows; the compiling first step is
   reported, not timed) and cached tokens under bf16 autocast (``--no-bf16`` skips the bf16 rows).
@@ -43,6 +45,12 @@ For each preset (random weights -- nothing is downloaded) it prints and writes t
   same frozen model (the paper preset's ViT-B/14 head and ViT-L/14 wrist do not).
 * **loader**: ms per sample of ``GraspDataset`` from 480x640 frames vs from a feature cache
   (paper-shaped tokens), single process, against the step time per sample.
+
+* **side by side with the original code** (``--reference-code PATH --dinov2-code PATH``, run
+  first, paper configuration; see ``benchmarks/reference_side_by_side.py``): the original
+  DexGraspVLA policy and ours on the same tensors, observation and noise, alternated; chunk time of
+  each, their ratio, max |difference| of the actions, and each one's peak RSS from a child process
+  of its own.
 
 Rows are run round-robin (one run of each per round) so load changes on a shared machine hit all
 rows alike. Timings on a busy 2-core CPU are noisy; compare rows within one run.
@@ -64,6 +72,8 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import reference_side_by_side  # noqa: E402  (the side-by-side row against the original code)
 
 TRAIN_BATCH = {"paper": 2, "small": 8, "tiny": 8}
 
@@ -94,17 +104,19 @@ class EncoderTimer:
 
 
 # ---------------------------------------------------------------------------- inference
-#: Settings of the best output-equal eager path (fused, K/V cache, inference_mode; no bf16, no capture).
-BEST_EAGER = (True, True, True, False, False)
+#: Settings of the best output-equal eager path (fused, K/V cache, inference_mode, oneDNN matmuls;
+#: no bf16, no capture).
+BEST_EAGER = (True, True, True, False, False, True)
 #: Inference rows: (name, (fused_attention, cache_condition_kv, inference_mode, bf16 autocast,
-#: attention capture)).
+#: attention capture, oneDNN linear)).
 INFERENCE_ROWS = [
-    ("straightforward (explicit attention, K/V per step)", (False, False, False, False, False)),
-    ("+ fused SDPA", (True, False, False, False, False)),
-    ("+ cached condition K/V", (True, True, False, False, False)),
-    ("+ inference_mode", BEST_EAGER),
-    ("  (same, capturing attention maps)", (True, True, True, False, True)),
-    ("+ bf16 autocast (not equal: bf16 rounding)", (True, True, True, True, False)),
+    ("straightforward (explicit attention, K/V per step)", (False, False, False, False, False, False)),
+    ("+ fused SDPA", (True, False, False, False, False, False)),
+    ("+ cached condition K/V", (True, True, False, False, False, False)),
+    ("+ inference_mode", (True, True, True, False, False, False)),
+    ("+ oneDNN linear layers", BEST_EAGER),
+    ("  (same, capturing attention maps)", (True, True, True, False, True, True)),
+    ("+ bf16 autocast (not equal: bf16 rounding)", (True, True, True, True, False, True)),
 ]
 
 
@@ -152,8 +164,9 @@ def inference_rows(policy, obs, noise, repeats: int, warmup: bool, bf16: bool = 
 
     def eager(settings):
         def run():
-            fused, cache_kv, inf_mode, autocast, capture = settings
+            fused, cache_kv, inf_mode, autocast, capture, onednn = settings
             policy.set_fused_attention(fused)
+            policy.set_onednn_linear(onednn)
             policy.cache_condition_kv = cache_kv
             ctx = torch.inference_mode() if inf_mode else torch.no_grad()
             t = time.perf_counter()
@@ -166,6 +179,7 @@ def inference_rows(policy, obs, noise, repeats: int, warmup: bool, bf16: bool = 
 
     _round_robin({name: eager(settings) for name, settings in rows}, res, repeats, warmup)
     policy.set_fused_attention(True)
+    policy.set_onednn_linear(True)
     policy.cache_condition_kv = True
     compile_s, run_compiled, twin = None, None, None
     if compiled:
@@ -209,6 +223,7 @@ def inference_rows(policy, obs, noise, repeats: int, warmup: bool, bf16: bool = 
         diff = [t - e for t, e in zip(d["total"], d["encoder"])]
         out.append({"row": name, "fused_attention": settings[0], "cache_condition_kv": settings[1],
                     "inference_mode": settings[2], "bf16_autocast": settings[3], "attention_capture": settings[4],
+                    "onednn_linear": settings[5],
                     "keep_freed_memory": name in MALLOC_ROWS.values(),
                     "threads": torch.get_num_threads(), "latency_s": tot, "encoder_s": enc,
                     "diffusion_s": statistics.median(diff), "runs_s": d["total"],
@@ -263,6 +278,7 @@ def train_rows(policy, cfg, batch_size: int, repeats: int, warmup: bool, compile
     def step(batch, model, fused, autocast):
         policy.model = model
         policy.set_fused_attention(fused)
+        policy.set_onednn_linear(fused)  # the straightforward row: MKL matmuls too
         t = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = policy.compute_loss(batch)
@@ -282,6 +298,7 @@ def train_rows(policy, cfg, batch_size: int, repeats: int, warmup: bool, compile
             print(f"  round {r}: train step, {name}: {times[name][-1]:.2f} s", flush=True)
     policy.model = eager
     policy.set_fused_attention(True)
+    policy.set_onednn_linear(True)
     policy.eval()
     base = statistics.median(times[rows[0][0]])
     return [{"row": k, "batch": batch_size, "threads": torch.get_num_threads(), "step_s": statistics.median(v),
@@ -407,8 +424,11 @@ def main() -> None:
     ap.add_argument("--no-shared", action="store_true",
                     help="skip the shared-backbone rows (head and wrist through one ViT in one batch)")
     ap.add_argument("--quick", action="store_true", help="1 repeat, no warm-up (smoke run)")
+    reference_side_by_side.add_arguments(ap)
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     args = ap.parse_args()
+    if bool(args.reference_code) != bool(args.dinov2_code):
+        ap.error("--reference-code and --dinov2-code go together")
     repeats, warmup = (1, False) if args.quick else (max(args.repeats, 1), True)
     default_threads = torch.get_num_threads()
     report = {"torch": torch.__version__, "default_threads": default_threads, "cpu_count": os.cpu_count(),
@@ -418,6 +438,11 @@ def main() -> None:
     order = ([("train", p) for p in args.policy] if not args.skip_train else []) + \
             ([("inference", p) for p in args.policy] if not args.skip_inference else []) + \
             ([("shared", p) for p in args.policy] if not args.no_shared else [])
+    if args.reference_code:  # first: the later inference rows leave a process-wide allocator setting
+        print("\n== side by side with the original DexGraspVLA (paper configuration)", flush=True)
+        report["reference"] = reference_side_by_side.side_by_side(
+            args.reference_code, args.dinov2_code, repeats, warmup, args.rss_chunks,
+            compile_row=not args.no_compile, rss=not args.no_reference_rss)
     for part, preset in order:
         entry = report["presets"].setdefault(preset, {})
         if part == "shared":  # builds its own two encoders
@@ -455,6 +480,8 @@ def main() -> None:
 
 
 def print_report(report: dict) -> None:
+    if report.get("reference"):
+        reference_side_by_side.print_side_by_side(report["reference"])
     for preset, e in report["presets"].items():
         if "ddim_steps" in e:
             print(f"\n### {preset} ({e['image_size']} px, {e['condition_tokens']} cond tokens, {e['ddim_steps']} steps, batch 1)")
