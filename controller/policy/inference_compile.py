@@ -17,6 +17,7 @@ time token's row, every step), so ``options`` must not select CUDA graphs (``mod
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Optional
 
 import torch
@@ -36,7 +37,11 @@ class _Frozen:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         import torch._inductor.config as inductor_config
-        with inductor_config.patch(freezing=self.freezing):
+        from controller.model.common.linear import onednn_in_frozen_graphs
+        # with frozen weights the linear layers compile to oneDNN's operator on the weights as they
+        # are, instead of MKL's packed GEMM on packed copies (a second copy of the model)
+        linear = onednn_in_frozen_graphs() if self.freezing else contextlib.nullcontext()
+        with inductor_config.patch(freezing=self.freezing), linear:
             return self.compiled(*args, **kwargs)
 
 
