@@ -1,0 +1,14 @@
+"""Dataset formats: one reader (and writer) per on-disk format behind one interface.
+
+See :mod:`controller.dataset.formats.base` for the contract. Built-in formats register themselves
+when imported here (detection tries them in this order).
+"""
+from controller.dataset.formats.base import (MASK_MODES, EpisodeSink, EpisodeSource, SourceOptions,
+                                             detect_format, format_names, open_sink, open_source,
+                                             register_format, register_sink, sink_names)
+
+# built-in formats (each module calls register_format / register_sink at import)
+# -- one import line per format module below; edit by adding a line, never rewrite this block --
+
+__all__ = ["MASK_MODES", "EpisodeSink", "EpisodeSource", "SourceOptions", "detect_format", "format_names",
+           "open_sink", "open_source", "register_format", "register_sink", "sink_names"]
