@@ -1,4 +1,9 @@
-"""Inspect zarr datasets: ``python -m controller.dataset.inspect PATH [PATH ...]``.
+"""Inspect datasets: ``python -m controller.dataset.inspect PATH [PATH ...]``.
+
+Any format of :mod:`controller.dataset.formats` is accepted; datasets that are not zarr stores
+(ACT/DexVLA HDF5, LeRobot v3.0, deployment recordings) are reported by
+:mod:`controller.dataset.inspect_sources` (format, episodes, steps, keys, cameras, fps, language
+and reasoning; ``--verify`` decodes every frame). The rest of this docstring is the zarr report.
 
 Prints, per store: zarr format, episode and step counts, episode length statistics, every array's
 shape / dtype / chunks / compressor, per-dimension ranges of state and action, and flags:
@@ -55,6 +60,7 @@ class Report:
     warnings: list = field(default_factory=list)
     chunk_summary: str = ""                         # one line: chunks checked, how, problems found
     bad_chunks: set = field(default_factory=set)    # (array, chunk label) already reported
+    text: list = field(default_factory=list)        # language examples / reasoning vocabulary lines
 
 
 @dataclass
@@ -277,6 +283,12 @@ def inspect_store(path: str, mask_frames: int = 8, verify: bool = False, progres
         report.warnings.append(f"{rb.path}: key 'meta/episode_ends' has {len(short)} episode(s) shorter "
                                f"than 2 steps: {short[:20]}")
     _check_low_dim(rb, report)
+    if hasattr(rb, "language"):  # text of the store (meta.attrs language, data/reasoning_id)
+        from controller.dataset.inspect_sources import text_lines  # noqa: PLC0415
+        try:
+            report.text = text_lines(rb)
+        except DatasetError as exc:
+            _add_error(report, exc)
     try:
         _check_masks(rb, report, mask_frames)
     except DatasetError as exc:  # a damaged image chunk
@@ -293,6 +305,8 @@ def render(report: Report, console) -> None:
         console.print(f"zarr format: v{report.zarr_format}")
     if report.summary:
         console.print("  ".join(f"{k}: {v}" for k, v in report.summary.items()))
+    for line in report.text:
+        console.print(line, highlight=False, soft_wrap=True)
     if report.arrays:
         t = Table(title="arrays", show_lines=False)
         for col in ("key", "shape", "dtype", "chunks", "compressor"):
@@ -318,12 +332,21 @@ def render(report: Report, console) -> None:
         console.print("[green]OK[/]: no problems found")
 
 
+def _format_of(path: str) -> str:
+    """The dataset format of ``path``; ``zarr`` when none is recognised (the zarr report names the problem)."""
+    from controller.dataset.formats import detect_format  # noqa: PLC0415
+    try:
+        return detect_format(path)
+    except DatasetError:
+        return "zarr"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the exit code (1 if any store has an error)."""
     from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
     parser = cli_common.ArgumentParser(prog="python -m controller.dataset.inspect", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", help="zarr store(s) to inspect")
+    parser.add_argument("paths", nargs="+", help="dataset(s) to inspect (any format; detected)")
     parser.add_argument("--mask-frames", type=int, default=8,
                         help="frames per episode checked for an empty mask (0: skip, -1: all)")
     parser.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
@@ -336,9 +359,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 160)
     failed = []
     for path in args.paths:
-        report = inspect_store(path, mask_frames=args.mask_frames, verify=args.verify,
-                               progress=not args.no_progress)
-        render(report, console)
+        fmt = _format_of(path)
+        if fmt != "zarr":
+            from controller.dataset.inspect_sources import inspect_source, render_source  # noqa: PLC0415
+            report = inspect_source(path, fmt, verify=args.verify, progress=not args.no_progress)
+            render_source(report, console)
+        else:
+            report = inspect_store(path, mask_frames=args.mask_frames, verify=args.verify,
+                                   progress=not args.no_progress)
+            render(report, console)
         if report.errors or (args.strict and report.warnings):
             failed.append(path)
     n = len(args.paths)
