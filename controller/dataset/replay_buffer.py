@@ -37,6 +37,9 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 import numpy as np
 import zarr
 
+#: ``data/<key>`` of the per-step reasoning ids (text, not a data key; same name as in writer.py).
+REASONING_ID_KEY = "reasoning_id"
+
 from controller.dataset.errors import (DATA_GROUP, DEFAULT_KEYS, EPISODE_ENDS_KEY, IMAGE_CHANNELS,
                                        LOW_DIM_DIMS, ChunkError, DatasetError)
 
@@ -485,9 +488,13 @@ class ZarrReplayBuffer:
     :class:`LazyZarrArray` (image keys) of length :attr:`n_steps`.
     """
 
+    #: name of the format in :mod:`controller.dataset.formats` (this class is its reader).
+    format_name = "zarr"
+
     def __init__(self, path: str, zarr_format: int, episode_ends: np.ndarray,
                  data: Mapping[str, Any], array_info: Mapping[str, dict]):
         self.path = str(path)
+        self._text: Any = None  # ZarrText, read on first use
         self.zarr_format = int(zarr_format)
         self._episode_ends = np.asarray(episode_ends, dtype=np.int64)
         self._episode_ends.setflags(write=False)
@@ -521,7 +528,7 @@ class ZarrReplayBuffer:
         dims.update(dict(low_dim_dims or {}))
         if keys is None:
             data_grp = _require_group(root, path, DATA_GROUP)
-            keys = sorted(k for k, _ in data_grp.arrays())
+            keys = sorted(k for k, _ in data_grp.arrays() if k != REASONING_ID_KEY)  # text: reasoning()
         keys = [str(k) for k in keys]
         if not keys:
             raise DatasetError(f"{path}: no keys requested/found under '{DATA_GROUP}/'")
@@ -602,6 +609,27 @@ class ZarrReplayBuffer:
         idx = range(self.n_episodes)[idx]
         start, end = int(self.episode_starts[idx]), int(self._episode_ends[idx])
         return {k: np.asarray(self._data[k][start:end]) for k in (keys or self.keys())}
+
+    # ------------------------------------------------------------------ text (EpisodeSource)
+    def text(self) -> Any:
+        """The store's :class:`~controller.dataset.formats.zarr_source.ZarrText` (read and checked once)."""
+        if self._text is None:
+            from controller.dataset.formats.zarr_source import ZarrText  # noqa: PLC0415
+            self._text = ZarrText.load(self.path, self._episode_ends)
+        return self._text
+
+    def language(self, episode: int) -> Optional[str]:
+        """Instruction of ``episode`` (``meta.attrs['language']``), None if the store has none."""
+        return self.text().episode_language(range(self.n_episodes)[episode])
+
+    def reasoning(self, step: int) -> Optional[str]:
+        """Sub-step reasoning at global ``step`` (``data/reasoning_id``), None if none."""
+        return self.text().step_reasoning(range(self.n_steps)[step])
+
+    def describe(self) -> dict[str, Any]:
+        """Format, path, episode/step counts, keys with shapes/dtypes/chunks, text presence, fps."""
+        from controller.dataset.formats.zarr_source import describe_zarr  # noqa: PLC0415
+        return describe_zarr(self)
 
     def __repr__(self) -> str:
         return (f"ZarrReplayBuffer({self.path!r}, zarr v{self.zarr_format}, "

@@ -7,6 +7,12 @@ the final metadata write, a trailing ``episode_ends`` entry still at its fill va
 store again with :class:`ZarrEpisodeWriter` repairs both by truncating back to the last complete
 episode, so nothing half-written is ever read as data.
 
+Text (optional, see :mod:`controller.dataset.formats.zarr_source`): ``add_episode(..., language=,
+reasoning=)`` stores the instruction in ``meta.attrs['language']`` (one string per episode, ''
+for none) and the per-step reasoning as ``data/reasoning_id`` (int32, -1 = none) indexing
+``meta.attrs['reasoning_vocab']``. The ids are written with the episode's arrays and the attrs
+before ``episode_ends``, so the metadata-last rule holds; repair trims text of dropped episodes.
+
 Example::
 
     with ZarrEpisodeWriter("data/sim.zarr", zarr_format=2) as w:
@@ -17,13 +23,18 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Sequence
 
 import numcodecs
 import numpy as np
 import zarr
 
 from controller.dataset.errors import DATA_GROUP, EPISODE_ENDS_KEY, IMAGE_CHANNELS, META_GROUP, DatasetError
+
+#: Names of the text storage (also in controller.dataset.formats.zarr_source).
+REASONING_ID_KEY = "reasoning_id"
+LANGUAGE_ATTR = "language"
+VOCAB_ATTR = "reasoning_vocab"
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +80,7 @@ class ZarrEpisodeWriter:
             self.root = zarr.open_group(self.path, mode="w", zarr_format=zarr_format)
             self.zarr_format = zarr_format
         self.data = self.root.require_group(DATA_GROUP)
-        meta = self.root.require_group(META_GROUP)
+        meta = self.meta = self.root.require_group(META_GROUP)
         if "episode_ends" in meta:
             self.episode_ends = meta["episode_ends"]
         else:
@@ -94,7 +105,7 @@ class ZarrEpisodeWriter:
         Returns True if anything was truncated.
         """
         ends = np.asarray(self.episode_ends[...], dtype=np.int64)
-        lengths = {k: int(a.shape[0]) for k, a in self.data.arrays()}
+        lengths = {k: int(a.shape[0]) for k, a in self.data.arrays() if k != REASONING_ID_KEY}
         # keep the longest strictly increasing prefix whose steps exist in every array
         limit = min(lengths.values()) if lengths else 0
         keep = 0
@@ -109,11 +120,28 @@ class ZarrEpisodeWriter:
                         len(ends) - keep, EPISODE_ENDS_KEY)
             self.episode_ends.resize((keep,))
             changed = True
+        changed = self._repair_text(keep, prev) or changed
         for key, arr in self.data.arrays():
             if arr.shape[0] > prev:
                 log.warning("%s: truncating '%s/%s' from %d to %d steps (interrupted episode)",
                             self.path, DATA_GROUP, key, arr.shape[0], prev)
                 arr.resize((prev,) + tuple(arr.shape[1:]))
+                changed = True
+        return changed
+
+    def _repair_text(self, n_episodes: int, n_steps: int) -> bool:
+        """Trim ``language`` to ``n_episodes``; pad a short ``reasoning_id`` (interrupted back-fill) with -1."""
+        changed = False
+        language = self.meta.attrs.get(LANGUAGE_ATTR)
+        if isinstance(language, list) and len(language) > n_episodes:
+            self.meta.attrs[LANGUAGE_ATTR] = language[:n_episodes]
+            changed = True
+        if REASONING_ID_KEY in self.data:
+            arr = self.data[REASONING_ID_KEY].with_config({"write_empty_chunks": True})
+            n = int(arr.shape[0])
+            if n < n_steps:
+                arr.resize((n_steps,))
+                arr[n:n_steps] = -1
                 changed = True
         return changed
 
@@ -127,7 +155,10 @@ class ZarrEpisodeWriter:
         n = next(iter(lengths.values()))
         if n < 1 or any(m != n for m in lengths.values()):
             raise DatasetError(f"{self.path}: add_episode arrays must share a length >= 1, got {lengths}")
-        existing = {k: a for k, a in self.data.arrays()}
+        existing = {k: a for k, a in self.data.arrays() if k != REASONING_ID_KEY}
+        if REASONING_ID_KEY in eps:
+            raise DatasetError(f"{self.path}: '{REASONING_ID_KEY}' is written from add_episode(reasoning=...), "
+                               f"not passed as a data key")
         if existing and set(existing) != set(eps):
             raise DatasetError(f"{self.path}: add_episode keys {sorted(eps)} differ from the store's "
                                f"'{DATA_GROUP}/' keys {sorted(existing)}")
@@ -181,18 +212,77 @@ class ZarrEpisodeWriter:
         self.episode_ends.resize((j + 1,))
         self.episode_ends[j] = end
 
-    def add_episode(self, episode: Mapping[str, Any]) -> int:
+    def _text_updates(self, n: int, language: Optional[str],
+                      reasoning: Optional[Sequence[Optional[str]]]) -> tuple[Optional[np.ndarray], dict]:
+        """Validate the text of an episode of ``n`` steps: ((n,) int32 reasoning ids or None, new attrs)."""
+        attrs: dict[str, Any] = {}
+        if language is not None and not isinstance(language, str):
+            raise DatasetError(f"{self.path}: add_episode language must be a str or None, got {type(language).__name__}")
+        old_lang = self.meta.attrs.get(LANGUAGE_ATTR)
+        if language is not None or old_lang is not None:
+            prev = list(old_lang or [""] * self.n_episodes)[:self.n_episodes]
+            attrs[LANGUAGE_ATTR] = prev + [language or ""]
+        if reasoning is None:
+            if REASONING_ID_KEY not in self.data:
+                return None, attrs
+            return np.full((n,), -1, dtype=np.int32), attrs                  # (n,) no reasoning
+        if isinstance(reasoning, str) or len(reasoning) != n:
+            got = "a str" if isinstance(reasoning, str) else f"{len(reasoning)} entries"
+            raise DatasetError(f"{self.path}: add_episode reasoning has {got}; expected a list of {n} strings "
+                               f"(one per step, None or '' for none)")
+        vocab = list(self.meta.attrs.get(VOCAB_ATTR) or [])
+        index = {s: i for i, s in enumerate(vocab)}
+        ids = np.full((n,), -1, dtype=np.int32)                               # (n,)
+        for t, text in enumerate(reasoning):
+            if text is None or text == "":
+                continue
+            if not isinstance(text, str):
+                raise DatasetError(f"{self.path}: add_episode reasoning[{t}] is {type(text).__name__}; expected str")
+            if text not in index:
+                index[text] = len(vocab)
+                vocab.append(text)
+            ids[t] = index[text]
+        if len(vocab) != len(self.meta.attrs.get(VOCAB_ATTR) or []):
+            attrs[VOCAB_ATTR] = vocab
+        return ids, attrs
+
+    def _append_reasoning(self, ids: np.ndarray, start: int) -> None:
+        """Write the episode's reasoning ids at ``[start, start + n)`` (creating the array, back-filled with -1)."""
+        if REASONING_ID_KEY not in self.data:
+            comp = _compressor(self.zarr_format, image=False)
+            kw = {"compressor": comp} if self.zarr_format == 2 else {"compressors": comp}
+            self.data.create_array(REASONING_ID_KEY, shape=(0,), chunks=(LOW_DIM_CHUNK,), dtype="int32",
+                                   fill_value=-1, **kw)
+        arr = self.data[REASONING_ID_KEY].with_config({"write_empty_chunks": True})
+        old = int(arr.shape[0])
+        arr.resize((start + len(ids),))
+        if old < start:
+            arr[old:start] = -1                                               # earlier episodes: none
+        arr[start:start + len(ids)] = ids
+
+    def add_episode(self, episode: Mapping[str, Any], language: Optional[str] = None,
+                    reasoning: Optional[Sequence[Optional[str]]] = None) -> int:
         """Append one episode (dict key -> (T, ...) array, all with the same T >= 1).
+
+        Args:
+            language: the episode's instruction (None: none; stored as '').
+            reasoning: T strings, the sub-step reasoning in force at each step (None/'' = none).
 
         Returns the new number of episodes. On an exception the store is rolled back to its
         previous episodes (as far as the process is still alive to do so).
         """
         eps = self._validate(episode)
         start = self.n_steps
+        n = int(next(iter(eps.values())).shape[0])
+        ids, attrs = self._text_updates(n, language, reasoning)
         try:
             self._create_arrays(eps)
             self._append_data(eps, start)
-            self._commit_episode_end(start + next(iter(eps.values())).shape[0])
+            if ids is not None:
+                self._append_reasoning(ids, start)
+            if attrs:
+                self.meta.attrs.update(attrs)
+            self._commit_episode_end(start + n)
         except BaseException:
             try:
                 self.repair()
