@@ -10,6 +10,7 @@ from controller.dataset.formats.base import (MASK_MODES, EpisodeSink, EpisodeSou
 # built-in formats (each module calls register_format / register_sink at import)
 # -- one import line per format module below; edit by adding a line, never rewrite this block --
 import controller.dataset.formats.zarr_source  # noqa: E402,F401  (zarr)
+import controller.dataset.formats.lerobot_v3  # noqa: E402,F401  (lerobot: reader + sink)
 
 __all__ = ["MASK_MODES", "EpisodeSink", "EpisodeSource", "SourceOptions", "detect_format", "format_names",
            "open_sink", "open_source", "register_format", "register_sink", "sink_names"]
