@@ -88,7 +88,7 @@ class LeRobotSink:
     """Writes our episodes as a LeRobot v3.0 dataset (see the module docstring)."""
 
     def __init__(self, path: str, fps: float = 20.0, overwrite: bool = False, *, codec: str = "libx264",
-                 crf: int = 23, mask_crf: int = 8, gop: int = 2, robot_type: Optional[str] = None,
+                 crf: int = 18, mask_crf: int = 8, gop: int = 2, robot_type: Optional[str] = None,
                  head: str = "head", wrist: str = "wrist", mask: str = "head_mask",
                  state_names: Optional[Sequence[str]] = None, action_names: Optional[Sequence[str]] = None,
                  chunks_size: int = 1000, data_files_size_in_mb: int = 100, video_files_size_in_mb: int = 200):
