@@ -8,6 +8,11 @@ Episode ``i`` of a run uses scene seed ``seed + i``; failed episodes are skipped
 keeps them) and further seeds are tried until ``--episodes`` successes are stored (at most
 ``2 * episodes + 10`` attempts). Existing stores are appended to.
 
+Each episode is stored with a language instruction naming the target by colour and shape
+(``"grasp the red box"``) and one sub-step reasoning string per step from the expert's phase
+(``"locate the red box"``, ``"move above the red box"``, ``"lower the hand to the red box"``,
+``"close the hand"``, ``"lift the red box"``, ``"hold the red box up"``).
+
 Ctrl-C, ``kill -INT`` or ``kill -TERM`` (also when SIGINT was inherited as ignored, as by
 background jobs) stops after the episodes already simulated are written: the store stays
 consistent and its provenance records the run as interrupted (exit code 130).
@@ -72,6 +77,24 @@ def open_store(out: str, image_hw: tuple[int, int], zarr_format: int = 2) -> Zar
     return writer
 
 
+#: Sub-step reasoning of a recorded step by the expert's phase (``{obj}``: the target's label, e.g.
+#: ``"red box"``); the first step of an episode is ``locate`` (the plan is made from the scene there).
+REASONING = {"locate": "locate the {obj}", "approach": "move above the {obj}",
+             "descend": "lower the hand to the {obj}", "close": "close the hand", "lift": "lift the {obj}",
+             "hold": "hold the {obj} up"}
+
+
+def instruction(target_label: str) -> str:
+    """The episode's language instruction, naming the target by colour and shape."""
+    return f"grasp the {target_label}"
+
+
+def step_reasoning(phases: list[str], target_label: str) -> list[str]:
+    """One reasoning string per recorded step from the expert's phases (see :data:`REASONING`)."""
+    names = ["locate"] + list(phases[1:]) if phases else []
+    return [REASONING[p].format(obj=target_label) for p in names]
+
+
 def _as_episode(frames: dict) -> dict:
     """Recorded per-step lists -> the contract's arrays (uint8 images, float32 state/action)."""
     return {k: np.asarray(frames[k], dtype=np.uint8 if k in ("right_cam_img", "rgbm") else np.float32)
@@ -125,7 +148,10 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
         if result["success"] or keep_failed:
             if pending:
                 pending.pop().result()
-            pending.append(io_pool.submit(writer.add_episode, _as_episode(result.pop("frames"))))
+            label = result["target_label"]
+            pending.append(io_pool.submit(writer.add_episode, _as_episode(result.pop("frames")),
+                                          language=instruction(label),
+                                          reasoning=step_reasoning(result.pop("phases"), label)))
             stored += 1
             seeds_used.append(result["seed"])
             lengths.append(result["steps"])

@@ -130,6 +130,25 @@ class ScriptedExpert:
         s = _min_jerk((t - t4 + 1) / tm.lift) if t < t5 else 1.0
         return self._grasp + s * (self._lift - self._grasp), yaw_end, hand
 
+    #: Phases of a plan, in order (:meth:`phase_at`); ``hold`` follows the completed lift.
+    PHASES = ("approach", "descend", "close", "lift", "hold")
+
+    def phase_at(self, t: int) -> str:
+        """The phase of plan step ``t``: ``approach`` (to the pre-grasp above the target),
+        ``descend``, ``close`` (closing the hand and letting it settle), ``lift``, then ``hold``."""
+        tm = self.timing
+        t1 = getattr(self, "_n_approach", tm.approach)
+        bounds = (t1, t1 + tm.descend, t1 + tm.descend + tm.close + tm.settle, self.total_steps)
+        for name, end in zip(self.PHASES, bounds):
+            if t < end:
+                return name
+        return "hold"
+
+    @property
+    def phase(self) -> str:
+        """Phase of the target last returned by :meth:`act` (see :meth:`phase_at`)."""
+        return self.phase_at(max(self.plan_step, 0))
+
     @property
     def plan_step(self) -> int:
         """Index in the plan of the target last returned by :meth:`act` (-1 before the first)."""
@@ -197,7 +216,9 @@ RECOVERY_GIVE_UP_STEPS = 40
 def run_expert_episode(env, seed: int, split: str = "train", expert: ScriptedExpert | None = None,
                        record: bool = False, action_noise: float = 0.0, target: str = "scene",
                        recovery: bool = False) -> dict:
-    """Run one expert episode; returns success, steps and (if ``record``) the frames and actions.
+    """Run one expert episode; returns success, steps and (if ``record``) the frames and actions,
+    the expert's phase at each recorded step (``phases``) and the target's label (``target_label``,
+    e.g. ``"red box"``).
 
     With ``action_noise > 0`` the arm executes the expert's target plus :class:`ArmPerturbation`
     noise (std in normalised joint units) while the recorded action stays the clean target.
@@ -227,6 +248,7 @@ def run_expert_episode(env, seed: int, split: str = "train", expert: ScriptedExp
         expert.plan(env, keep_thumb=True)
         obs = env.observe()
     frames = {"right_cam_img": [], "rgbm": [], "right_state": [], "action": []}
+    phases: list[str] = []  # the expert's phase at each recorded step (sub-step reasoning of the data)
     perturb = ArmPerturbation(action_noise, seed=seed + 7_000_003) if action_noise > 0 else None
     while True:
         action = expert.act(env)
@@ -234,6 +256,7 @@ def run_expert_episode(env, seed: int, split: str = "train", expert: ScriptedExp
             for k in ("right_cam_img", "rgbm", "right_state"):
                 frames[k].append(obs[k])
             frames["action"].append(action)
+            phases.append(expert.phase)
         executed = action
         if perturb is not None:
             executed = action.copy()
@@ -248,4 +271,6 @@ def run_expert_episode(env, seed: int, split: str = "train", expert: ScriptedExp
            "target": int(env.target)}
     if record:
         out["frames"] = frames
+        out["phases"] = phases
+        out["target_label"] = env.scene.objects[env.target].describe()
     return out
