@@ -26,7 +26,8 @@ from controller.dataset.errors import DatasetError
 #: Language instructions shown as examples.
 N_LANGUAGE_EXAMPLES = 3
 #: ``describe()`` entries printed as they are (the rest is summarised elsewhere or too long).
-DESCRIBE_SKIP = {"keys", "path", "format", "n_episodes", "n_steps"}
+DESCRIBE_SKIP = {"keys", "path", "format", "n_episodes", "n_steps", "episodes", "steps", "language", "reasoning",
+                 "reasoning_vocab_size"}
 
 
 @dataclass
