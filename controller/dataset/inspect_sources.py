@@ -86,7 +86,7 @@ def verify_source(source: Any, path: str, progress: bool = False) -> tuple[list[
     undecodable episode (naming key, episode and step) but checks every episode's values."""
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    t0, errors = time.perf_counter(), []
+    t0, errors, done, steps = time.perf_counter(), [], 0, 0
     keys = list(source.keys())
     starts, ends = source.episode_starts, source.episode_ends
     for key in keys:
@@ -120,7 +120,9 @@ def verify_source(source: Any, path: str, progress: bool = False) -> tuple[list[
                     errors.append(f"{path}: key '{key}' episode {ep} step {step} (global step {start + step}) "
                                   f"has NaN/inf; expected finite")
             bar.update(end - start)
-    how = f"decoded {source.n_episodes} episode(s) / {source.n_steps} step(s) in {time.perf_counter() - t0:.2f} s"
+            done, steps = done + 1, steps + end - start
+    how = (f"decoded {done} of {source.n_episodes} episode(s) / {steps} of {source.n_steps} step(s) in "
+           f"{time.perf_counter() - t0:.2f} s")
     return errors, f"verify: {how}: " + (f"{len(errors)} problem(s)" if errors else "all OK")
 
 

@@ -160,19 +160,37 @@ def test_failing_source_leaves_nothing(text_zarr, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["bad.zarr"]
 
 
-def test_truncated_h5_episode_is_named(text_zarr, tmp_path, capsys):
+def test_damaged_h5_episode_is_named(text_zarr, tmp_path, capsys):
+    """A truncated episode file, then a damaged frame of episode 1 (read after episode 0 was written):
+    convert names the file (and key), leaves nothing at DST; ``inspect --verify`` names file, key,
+    episode and step."""
+    import h5py
+    from controller.dataset.inspect import main as inspect_main
     _need("act_h5")
     h5 = tmp_path / "t_h5"
     convert(text_zarr, str(h5), progress=False)
-    files = sorted(p for p in h5.rglob("*") if p.suffix in (".hdf5", ".h5"))
-    victim = files[1]
+    victim = sorted(p for p in h5.rglob("*") if p.suffix in (".hdf5", ".h5"))[1]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])
     dst = tmp_path / "from_truncated.zarr"
     assert convert_main([str(h5), str(dst), "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert victim.name in err, err
+    assert str(victim) in capsys.readouterr().err
     assert not dst.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+
+    victim.write_bytes(data)
+    with h5py.File(victim, "r") as f:
+        info = f["observations/images/head"].id.get_chunk_info(3)   # frame 3 (one frame per chunk)
+    with open(victim, "r+b") as fh:
+        fh.seek(info.byte_offset)
+        fh.write(b"\xff" * info.size)
+    assert convert_main([str(h5), str(dst), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(victim) in err and "observations/images/head" in err and "nothing written" in err, err
+    assert not dst.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+    assert inspect_main([str(h5), "--verify", "--no-progress"]) == 1
+    out = capsys.readouterr().out.replace("\n", "")
+    assert "key 'rgbm' episode 1 step 3" in out and str(victim) in out and "observations/images/head" in out, out
+    assert "decoded 1 of 3 episode(s)" in out
 
 
 def test_help_is_fast_and_light():
@@ -224,5 +242,28 @@ def test_inspect_other_formats(text_zarr, tmp_path, capsys, fmt, name):
     out = capsys.readouterr().out
     for text in (f"format: {fmt}", "episodes: 3", "steps: 22", "right_state", "(22, 13)", "float32",
                  "language: 3 of 3 episode(s), e.g. 'grasp the red box 0'", "reasoning: vocabulary of 2",
-                 "verify: decoded 3 episode(s) / 22 step(s)", "all OK", "PASSED"):
+                 "verify: decoded 3 of 3 episode(s) / 22 of 22 step(s)", "all OK", "PASSED"):
         assert text in out, (text, out)
+
+
+def test_training_on_mixed_formats(text_zarr, tmp_path):
+    """train workspace (what train.py runs) for 2 steps on a zarr store, an act_h5 directory and a
+    LeRobot directory together."""
+    _need("act_h5")
+    _need("lerobot")
+    from controller.workspace.train_workspace import TrainDexGraspVLAControllerWorkspace
+    from tests.controller.conftest import compose_cfg
+
+    h5, lr = tmp_path / "b_h5", tmp_path / "c_lerobot"
+    convert(text_zarr, str(h5), episodes=2, progress=False)
+    convert(text_zarr, str(lr), progress=False)
+    cfg = compose_cfg(["policy=tiny", "logging.mode=disabled", "dataloader.num_workers=0", "task.dataset.val_ratio=0.0",
+                       f"task.dataset_paths=[{text_zarr},{h5},{lr}]", "training.num_epochs=1",
+                       "training.max_train_steps=2", "training.sample_every=0"])
+    metrics = TrainDexGraspVLAControllerWorkspace(cfg, output_dir=str(tmp_path / "run")).run()
+    assert np.isfinite(metrics["train_loss"]), metrics
+    assert os.path.isfile(tmp_path / "run" / "checkpoints" / "latest" / "model.safetensors")
+    import json
+    with open(tmp_path / "run" / "logs.json.txt") as f:
+        steps = [json.loads(line).get("global_step") for line in f]
+    assert max(s for s in steps if s is not None) == 2, steps
