@@ -34,6 +34,7 @@ _REGISTRY: Dict[str, str] = {
     # policy families and their parts
     "controller.policy.dexgraspvla_controller.DexGraspVLAController": "policy",
     "controller.model.vision.obs_encoder.ObsEncoder": "policy",
+    "controller.policy.dexvla_policy.DexVLAPolicy": "policy",
     # diffusers noise schedulers (the public spelling and the defining module's)
     "diffusers.DDIMScheduler": "policy",
     "diffusers.DDPMScheduler": "policy",
