@@ -267,3 +267,18 @@ def test_training_on_mixed_formats(text_zarr, tmp_path):
     with open(tmp_path / "run" / "logs.json.txt") as f:
         steps = [json.loads(line).get("global_step") for line in f]
     assert max(s for s in steps if s is not None) == 2, steps
+
+
+def test_dataset_loading_benchmark_smoke(text_zarr, tmp_path):
+    """benchmarks/dataset_loading.py end to end at minimum size (from --src, no simulator)."""
+    import json
+    out = tmp_path / "bench.json"
+    res = subprocess.run([sys.executable, "benchmarks/dataset_loading.py", "--src", text_zarr, "--episodes", "2",
+                          "--image-size", "32", "--samples", "2", "--batches", "1", "--batch-size", "2",
+                          "--workers", "0", "--repeats", "1", "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"zarr", "act_h5", "lerobot"}
+    assert report["ratios_vs_zarr"]["zarr"]["getitem"] == 1.0 and report["data"]["episodes"] == 2
+    assert "lerobot" in res.stdout and "(1.00x)" in res.stdout
