@@ -112,6 +112,11 @@ class DexVLAPolicy(nn.Module):
         default_instruction: instruction used when the observation carries none.
         lora_rank: > 0 asks for LoRA on the language model (needs ``peft``; not available here).
         start_ckpt_path: weights to start from (consumed by the workspace, kept for the config).
+        init_from: stage chaining (:mod:`controller.policy.dexvla_init`): a checkpoint directory (or a
+            converted ScaleDP expert ``.safetensors``) whose weights are copied in at construction;
+            the report is kept in ``self.init_report`` and printed.
+        init_from_mode: ``auto`` | ``full`` (strict, stage 2 -> 3) | ``expert`` (``expert.*`` only,
+            stage 1 -> 2; every key not loaded is reported).
     """
 
     def __init__(self, shape_meta: Mapping, backbone: Optional[Mapping[str, Any]] = None,
@@ -119,7 +124,8 @@ class DexVLAPolicy(nn.Module):
                  reasoning_loss_weight: float = 1.0, use_reasoning: bool = True, use_wrist_camera: bool = True,
                  stage1_condition: str = "encoder", stage1_channels: Sequence[int] = (16, 32, 64),
                  default_instruction: str = "", lora_rank: int = 0,
-                 start_ckpt_path: Optional[str] = None) -> None:
+                 start_ckpt_path: Optional[str] = None, init_from: Optional[str] = None,
+                 init_from_mode: str = "auto") -> None:
         super().__init__()
         self.shape_meta = validate_shape_meta(shape_meta, "policy.shape_meta")
         self.action_dim = action_dim_of(self.shape_meta)
@@ -160,6 +166,11 @@ class DexVLAPolicy(nn.Module):
             raise ValueError(f"policy.expert: unknown keys {sorted(unknown)}")
         self.expert = ScaleDPExpert(cfg, **{k: exp[k] for k in EXPERT_DIFFUSION_KEYS if k in exp})
         self.normalizer = LinearNormalizer()
+        self.init_report = None
+        if init_from:  # stage chaining: weights of another stage (controller/policy/dexvla_init.py)
+            from controller.policy.dexvla_init import format_init_report, load_init_weights
+            self.init_report = load_init_weights(self, str(init_from), init_from_mode)
+            print(format_init_report(self.init_report), flush=True)
 
     # ------------------------------------------------------------------ info
     def num_trainable_parameters(self) -> int:
