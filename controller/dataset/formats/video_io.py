@@ -3,9 +3,12 @@
 Reading: :func:`read_frame` returns the RGB frame of a file at a timestamp (seconds, as stored in
 the stream's presentation times). Random access seeks to the key frame at or before the target
 and decodes forward; reading the next frames of the same file continues decoding without seeking
-(so a whole episode costs one seek). Decoders are cached per file **per process**: the cache is
-dropped in a forked child (a child never uses its parent's open containers) and nothing here is
-pickled, so lazy arrays built on it are safe in DataLoader workers.
+(so a whole episode costs one seek). Decoders are cached per file **per process** and nothing
+here is pickled, so lazy arrays built on it are safe in DataLoader workers.
+
+Forks: the decoders of a process are closed right before it forks (``os.register_at_fork``) and
+reopened on the next read, since a container inherited by a child can neither be used nor freed
+there (freeing it joins codec threads that only exist in the parent).
 
 Writing: :class:`VideoWriter` encodes RGB frames (h264 in yuv420p by default: what LeRobot's own
 readers and every browser decode) with presentation time ``i / fps`` for the ``i``-th frame of the
@@ -61,7 +64,6 @@ class _Decoder:
         except (IndexError, OSError, av.error.FFmpegError) as exc:
             raise VideoError(f"{path}: cannot open as a video ({type(exc).__name__}: {exc}); "
                              f"expected an mp4 file with a video stream", file=path) from exc
-        self.stream.thread_type = "AUTO"
         self.path = path
         self._frames: Optional[Any] = None
         self._last: Optional[tuple[float, np.ndarray]] = None
@@ -111,7 +113,7 @@ class _Decoder:
 
 
 class _Cache:
-    """Per-process LRU of open decoders (dropped, not closed, in a forked child)."""
+    """Per-process LRU of open decoders."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
@@ -119,7 +121,8 @@ class _Cache:
         self.open: "collections.OrderedDict[str, _Decoder]" = collections.OrderedDict()
 
     def get(self, path: str) -> _Decoder:
-        if self.pid != os.getpid():  # forked: the parent's containers are not ours
+        if self.pid != os.getpid():  # forked without the hooks below: never free the parent's containers
+            _INHERITED.extend(self.open.values())
             self.pid, self.open = os.getpid(), collections.OrderedDict()
         dec = self.open.get(path)
         if dec is None:
@@ -139,6 +142,29 @@ class _Cache:
 
 
 _CACHE = _Cache()
+#: Decoders of a parent process seen in a child: kept referenced, since freeing them there would
+#: join codec threads that do not exist in the child (a hang).
+_INHERITED: list = []
+
+
+def _before_fork() -> None:
+    """Close this process's decoders before a fork (the child starts clean; we reopen lazily)."""
+    _CACHE.lock.acquire()
+    _CACHE.clear()
+
+
+def _after_fork_in_parent() -> None:
+    _CACHE.lock.release()
+
+
+def _after_fork_in_child() -> None:
+    _CACHE.lock = threading.Lock()
+    _CACHE.pid, _CACHE.open = os.getpid(), collections.OrderedDict()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
 
 
 def read_frame(path: str, t: float, tol: float) -> np.ndarray:
