@@ -10,6 +10,10 @@ string feature), plus what the real LeRobot decodes from it:
                                                  sha256 / mean / sample pixels of the decoded frames
     tests/fixtures/lerobot_v3_real/expected_frames.npz  decoded frames, uint8 (N, H, W, 3) RGB
                                                  per camera (read with np.load(allow_pickle=False))
+    tests/fixtures/lerobot_v3_real/dataset_images/  2 short episodes with ``use_videos=False``: the
+                                                 cameras are 'image' features (PNG bytes in the
+                                                 data parquet); expected_images.npz holds
+                                                 state, action and the RGB frames LeRobot returns
 
 Run it in a throwaway virtualenv OUTSIDE the repository (lerobot must never be a dependency of ours):
 
@@ -76,6 +80,37 @@ def make(out: Path) -> Path:
     return root
 
 
+def make_images(out: Path) -> None:
+    """A dataset whose cameras are 'image' features (LeRobot embeds them in the parquet as PNG)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: PLC0415
+
+    root = out / "dataset_images"
+    if root.exists():
+        shutil.rmtree(root)
+    features = {
+        **{cam: {"dtype": "image", "shape": (H, W, 3), "names": ["height", "width", "channels"]} for cam in CAMERAS},
+        "observation.state": {"dtype": "float32", "shape": (6,), "names": [f"joint_{i}" for i in range(6)]},
+        "action": {"dtype": "float32", "shape": (6,), "names": [f"joint_{i}" for i in range(6)]},
+    }
+    ds = LeRobotDataset.create("dexgraspvla/lerobot_v3_fixture_images", fps=FPS, features=features, root=root,
+                               use_videos=False)
+    rng = np.random.default_rng(99)
+    for ep, n in enumerate((3, 2)):
+        for t in range(n):
+            ds.add_frame({CAMERAS[0]: frame(0, ep, t), CAMERAS[1]: frame(1, ep, t),
+                          "observation.state": rng.uniform(-1, 1, 6).astype(np.float32),
+                          "action": rng.uniform(-1, 1, 6).astype(np.float32), "task": TASKS[ep]})
+        ds.save_episode()
+    ds.finalize()
+    ds = LeRobotDataset("dexgraspvla/lerobot_v3_fixture_images", root=root)
+    items = [ds[i] for i in range(len(ds))]
+    img = {cam.replace(".", "__"): np.stack([(it[cam].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                                            for it in items]) for cam in CAMERAS}
+    np.savez_compressed(out / "expected_images.npz", state=np.stack([it["observation.state"].numpy() for it in items]),
+                        action=np.stack([it["action"].numpy() for it in items]),
+                        task=np.array([it["task"] for it in items]), **img)
+
+
 def expected(root: Path, out: Path, backend: str) -> None:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: PLC0415
 
@@ -115,6 +150,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     root = make(args.out)
     expected(root, args.out, args.backend)
+    make_images(args.out)
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"wrote {args.out} ({size / 1024:.1f} kB)")
 

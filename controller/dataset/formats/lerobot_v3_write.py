@@ -214,7 +214,11 @@ class LeRobotSink:
                 arr = pa.FixedSizeListArray.from_arrays(flat, ft["shape"][0])
             arrays.append(arr)
             fields.append(pa.field(name, arr.type))
-        table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+        hf = {f.name: ({"dtype": feats[f.name]["dtype"], "_type": "Value"} if feats[f.name]["shape"] == [1] else
+                       {"feature": {"dtype": feats[f.name]["dtype"], "_type": "Value"},
+                        "length": feats[f.name]["shape"][0], "_type": "List"}) for f in fields}
+        schema = pa.schema(fields, metadata={b"huggingface": json.dumps({"info": {"features": hf}}).encode()})
+        table = pa.Table.from_arrays(arrays, schema=schema)
         writer, chunk, file, dpath = self._data or (None, 0, -1, "")
         if writer is None or os.path.getsize(dpath) >= self.data_mb * _MB:
             if writer is not None:

@@ -256,3 +256,15 @@ def test_not_a_dataset(tmp_path):
     (tmp_path / "meta" / "info.json").write_text("{not json")
     with pytest.raises(DatasetError, match="not readable JSON"):
         open_source(tmp_path)
+
+
+def test_real_fixture_with_image_features():
+    """Cameras stored as 'image' features (PNG bytes in the data parquet, use_videos=False)."""
+    exp = np.load(FIXTURE / "expected_images.npz", allow_pickle=False)
+    src = open_source(FIXTURE / "dataset_images")
+    assert src.n_steps == len(exp["state"]) == 5 and src.episode_lengths.tolist() == [3, 2]
+    np.testing.assert_array_equal(src["right_state"], exp["state"])
+    np.testing.assert_array_equal(src["action"], exp["action"])
+    np.testing.assert_array_equal(np.asarray(src["rgbm"])[..., 2::-1], exp["observation__images__top"])
+    np.testing.assert_array_equal(np.asarray(src["right_cam_img"])[..., ::-1], exp["observation__images__wrist_right"])
+    assert src.language(1) == str(exp["task"][-1])
