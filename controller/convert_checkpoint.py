@@ -19,6 +19,9 @@ project loads without unpickling anything, plus ``conversion_report.json``::
   :mod:`controller.reference_format`); an unknown or missing non-empty tensor is an error naming
   it. The summary is printed and the full mapping written to ``OUT_DIR/conversion_report.json``.
 * ``--use-ema`` converts ``state_dicts['ema_model']`` instead of ``['model']``.
+* ``--format scaledp`` converts a released DexVLA ScaleDP expert instead (``['nets']['nets']``
+  -> ``OUT.safetensors`` + ``OUT.conversion_report.json``), see :mod:`controller.convert_scaledp`;
+  it reads the file through :func:`load_reference_payload` below (the same ``--trust-pickle`` gate).
 * ``--with-optimizer`` makes a checkpoint a training run can resume from
   (``training.resume_from=OUT_DIR``): the raw weights, ``ema_model`` (if any) as the EMA, the
   AdamW state re-keyed from the original's parameter indices to ours (by name), epoch and step.
@@ -322,7 +325,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--num-processes", type=int, default=1,
                     help="with --with-optimizer: processes the resumed run will use (one RNG state each)")
     ap.add_argument("--override", action="append", default=[], help="extra Hydra override, applied last (repeatable)")
+    ap.add_argument("--format", choices=("dexgraspvla", "scaledp"), default="dexgraspvla",
+                    help="dexgraspvla: an original DexGraspVLA .ckpt -> checkpoint dir; scaledp: a released "
+                         "DexVLA ScaleDP .ckpt (['nets']['nets']) -> OUT.safetensors of the expert")
+    ap.add_argument("--num-heads", type=int, default=None,
+                    help="--format scaledp: attention heads (default: DexVLA's for the preset widths)")
+    ap.add_argument("--drop-cond-obs-emb", action="store_true",
+                    help="--format scaledp: drop cond_obs_emb as DexVLA's stage-2 loader does")
+    ap.add_argument("--nets-key", default="nets", help="--format scaledp: the state dict at ['nets'][KEY]")
     args = ap.parse_args(argv)
+    if args.format == "scaledp":
+        from controller.convert_scaledp import convert_scaledp, format_scaledp_summary
+        try:
+            report = convert_scaledp(args.ref_ckpt, args.out_dir, args.trust_pickle, args.num_heads,
+                                     args.drop_cond_obs_emb, args.nets_key)
+        except ConversionError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(format_scaledp_summary(report))
+        return 0
     try:
         report = convert(args.ref_ckpt, args.out_dir, args.trust_pickle, args.preset, args.use_ema, args.override,
                          args.with_optimizer, args.num_processes)
