@@ -1,7 +1,8 @@
 """Inference configuration: Hydra composition and validation before anything connects or moves.
 
 Config tree: ``inference_utils/config/inference.yaml`` with the groups ``robot`` (sim, emulated,
-real), ``planner`` (offline, vllm) and ``perception`` (classic, learned).
+real), ``planner`` (offline, vllm), ``perception`` (classic, learned) and ``agent`` (dexgraspvla, the
+default; dexvla: a DexVLA checkpoint on the prompt, mode ``language``).
 """
 from __future__ import annotations
 
@@ -84,13 +85,34 @@ def _validate_remote(cfg: DictConfig) -> None:
                           "(the token itself is read from that variable, never from the config)")
 
 
+def _validate_dexvla(cfg: DictConfig, agent: str) -> None:
+    """``agent=dexvla``: language mode (the prompt is the instruction), a policy or remote controller."""
+    if agent != "dexvla":
+        raise ConfigError(f"mode: 'language' is the mode of agent=dexvla, not of agent={agent}")
+    if cfg.mode != "language":
+        raise ConfigError(f"mode: agent=dexvla takes the prompt as its instruction (mode 'language'); "
+                          f"{cfg.mode!r} (--manual / boxes) is not supported")
+    if cfg.controller.type not in ("policy", "remote"):
+        raise ConfigError(f"controller.type: agent=dexvla runs a DexVLA checkpoint (policy) or a policy server "
+                          f"serving one (remote), got {cfg.controller.type!r}")
+    if cfg.get("gen_attn_map"):
+        raise ConfigError("--gen-attn-map: DexVLA has no attention maps")
+    _number(cfg, "agent.max_attempts", 1, 1000, integer=True)
+    _number(cfg, "agent.verify_height_m", 0, 5, lo_open=True)
+    if cfg.non_interactive and not (cfg.prompt or "").strip():
+        raise ConfigError("prompt: agent=dexvla with --non-interactive needs --prompt \"...\" (the instruction)")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check every value the loop relies on; raises :class:`ConfigError` naming the field.
 
     Device parameters are validated by the device constructors, the simulator's by ``SimConfig``
     and perception back-ends by their factories, all before anything connects.
     """
-    if cfg.mode not in ("planner", "manual"):
+    agent = str(OmegaConf.select(cfg, "agent.name", default="dexgraspvla"))
+    if agent == "dexvla" or cfg.mode == "language":
+        _validate_dexvla(cfg, agent)
+    elif cfg.mode not in ("planner", "manual"):
         raise ConfigError(f"mode: expected 'planner' or 'manual', got {cfg.mode!r}")
     _number(cfg, "loop.control_hz", 0, 1000, lo_open=True)
     _number(cfg, "loop.execute_actions_per_chunk", 1, 64, integer=True)
@@ -125,7 +147,9 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"controller.checkpoint: {ckpt!r} is not a checkpoint directory")
     elif cfg.robot.arm.type != "sim":
         raise ConfigError("controller.type=expert: the scripted expert needs the simulated arm (robot=sim)")
-    if cfg.mode == "planner":
+    if cfg.mode == "language":
+        pass  # agent=dexvla: checked by _validate_dexvla (no planner, no box)
+    elif cfg.mode == "planner":
         if str(OmegaConf.select(cfg, "robot.camera_head.type")) == "synthetic":
             # The synthetic camera draws a colour gradient, not a scene: the planner would find no
             # object and the run would "complete" 0/0. Refuse before anything connects.

@@ -7,7 +7,8 @@ HDF5 datasets (T = executed control steps of the attempt)::
     state          float32 (T, 13)        normalised arm joints + hand, before the action
     action         float32 (T, 13)        the action executed at that step
 
-The MP4 shows ``wrist | head | mask`` side by side at the control rate. Files are written by a
+The MP4 shows ``wrist | head | mask`` side by side at the control rate; steps recorded with a
+``caption`` (agent=dexvla: the reasoning of the chunk) get a text band on top of the frame. Files are written by a
 background thread fed through a bounded queue, so encoding never stalls the control loop (the
 queue applies back-pressure if the disk cannot keep up).
 """
@@ -44,7 +45,8 @@ class _AttemptWriter:
                                      compression="lzf" if sample.ndim >= 2 else None)
         return self.file[key]
 
-    def add(self, wrist: np.ndarray, rgbm: np.ndarray, state: np.ndarray, action: np.ndarray) -> None:
+    def add(self, wrist: np.ndarray, rgbm: np.ndarray, state: np.ndarray, action: np.ndarray,
+            caption: Optional[str] = None) -> None:
         for key, value in (("right_cam_img", wrist), ("rgbm", rgbm), ("state", state), ("action", action)):
             ds = self._dataset(key, value)
             ds.resize(self.n + 1, axis=0)
@@ -59,6 +61,8 @@ class _AttemptWriter:
             head = cv2.resize(head, (wrist.shape[1], wrist.shape[0]))
             mask_bgr = cv2.resize(mask_bgr, (wrist.shape[1], wrist.shape[0]), interpolation=cv2.INTER_NEAREST)
         frame = np.ascontiguousarray(np.hstack([wrist, head, mask_bgr]))  # (H, 3W, 3) BGR
+        if caption is not None:
+            frame = caption_band(frame, caption)                          # (H + band, 3W, 3) BGR
         if self.video is None:
             from inference_utils.video import Mp4Writer  # noqa: PLC0415
 
@@ -70,6 +74,25 @@ class _AttemptWriter:
         self.file.close()
         if self.video is not None:
             self.video.close()
+
+
+CAPTION_BAND_PX = 24  # a multiple of 8 (H.264 frame sizes stay aligned)
+
+
+def caption_band(frame: np.ndarray, text: str) -> np.ndarray:
+    """``frame`` (H, W, 3) with a black band of ``CAPTION_BAND_PX`` rows on top carrying ``text``
+    in white (shrunk to the frame width)."""
+    import cv2  # noqa: PLC0415
+
+    w = frame.shape[1]
+    band = np.zeros((CAPTION_BAND_PX, w, 3), dtype=np.uint8)
+    scale = 0.4
+    (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    if tw > w - 8:
+        scale *= (w - 8) / tw
+    cv2.putText(band, text, (4, CAPTION_BAND_PX - 8), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return np.ascontiguousarray(np.concatenate([band, frame], axis=0))
 
 
 class DeploymentRecorder:
@@ -104,11 +127,13 @@ class DeploymentRecorder:
         self._check()
         self._queue.put(("open", name))
 
-    def add(self, wrist: np.ndarray, rgbm: np.ndarray, state: np.ndarray, action: np.ndarray) -> None:
-        """Queue one control step (arrays are copied)."""
+    def add(self, wrist: np.ndarray, rgbm: np.ndarray, state: np.ndarray, action: np.ndarray,
+            caption: Optional[str] = None) -> None:
+        """Queue one control step (arrays are copied); ``caption``: text drawn on the video frame."""
         self._check()
         self._queue.put(("frame", (np.array(wrist, np.uint8), np.array(rgbm, np.uint8),
-                                   np.asarray(state, np.float32).copy(), np.asarray(action, np.float32).copy())))
+                                   np.asarray(state, np.float32).copy(), np.asarray(action, np.float32).copy(),
+                                   caption)))
 
     def end_attempt(self) -> None:
         """Finish the current attempt's files."""

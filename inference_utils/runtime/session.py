@@ -64,19 +64,28 @@ def _build(cfg: DictConfig, log: Any) -> tuple[Any, Any]:
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     env = Environment(plain["robot"], plain["sim"], plain["loop"]["control_hz"], log.logger)
+    if (plain.get("agent") or {}).get("name") == "dexvla":  # no planner, segmenter or tracker
+        from inference_utils.runtime.dexvla_agent import build_dexvla_agent  # noqa: PLC0415
+
+        return env, _with_viz(build_dexvla_agent(plain, log), plain, log)
     segmenter = build_segmenter(plain["perception"])
     tracker = build_tracker(plain["perception"])
     with log.timed("controller.load"):
         controller = build_controller(plain["controller"], env)
     planner = build_planner(plain["planner"], log.planner_dir) if cfg.mode == "planner" else None
     agent = Agent(log, controller, segmenter, tracker, planner)
+    return env, _with_viz(agent, plain, log)
+
+
+def _with_viz(agent: Any, plain: dict, log: Any) -> Any:
+    """Attach the live view of ``plain['viz']`` (``--viz rerun``) to ``agent``."""
     viz_cfg = plain.get("viz") or {}
     if (viz_cfg.get("backend") or "none") != "none":
         from inference_utils.runtime.viz_rerun import make_viz  # noqa: PLC0415 - rerun only with --viz
 
         agent.viz = make_viz(viz_cfg.get("backend"), viz_cfg.get("save"), viz_cfg.get("connect"), log.dir)
         log.logger.info("live view: rerun, %s %s", agent.viz.mode, agent.viz.target or "(viewer spawned)")
-    return env, agent
+    return agent
 
 
 def _manual_callbacks(cfg: DictConfig, log: Any) -> tuple[Callable, Callable]:
@@ -135,7 +144,11 @@ def run_session(cfg: DictConfig, events: Sequence[Callable[[str, dict], None]] =
         recorder = DeploymentRecorder(log.deployment_dir, cfg.loop.control_hz, logger) \
             if cfg.save_deployment_data else None
         enter = operator.EnterWatcher() if cfg.mode == "manual" and not cfg.non_interactive else None
-        loop = GraspLoop(cfg, env, agent, log, recorder, enter, events)
+        loop_cls = GraspLoop
+        if cfg.mode == "language":  # agent=dexvla
+            from inference_utils.runtime.dexvla_agent import LanguageLoop  # noqa: PLC0415
+            loop_cls = LanguageLoop
+        loop = loop_cls(cfg, env, agent, log, recorder, enter, events)
         code = _run(cfg, env, loop, log, summary)
     _shutdown(env, agent, recorder, log, summary)
     outcomes = [dataclasses.asdict(o) for o in loop.outcomes] if loop is not None else []
@@ -157,7 +170,7 @@ def _run(cfg: DictConfig, env: Any, loop: Any, log: Any, summary: dict) -> int:
     logger = log.logger
     try:
         prompt = cfg.prompt
-        if cfg.mode == "planner" and not (prompt or "").strip():
+        if cfg.mode in ("planner", "language") and not (prompt or "").strip():
             prompt = operator.ask("Please enter your instruction (e.g. 'clear the table'):\n>>> ")
             if not prompt:
                 raise ConfigError("prompt: no instruction given")
@@ -179,6 +192,8 @@ def _run(cfg: DictConfig, env: Any, loop: Any, log: Any, summary: dict) -> int:
                                      "camera image (images/*_initial_head.png) and the prompt")
                 logger.error("%s", summary["error"])
                 return EXIT_FAULT
+        elif cfg.mode == "language":
+            summary["status"] = loop.run_language(prompt)
         else:
             summary["status"] = loop.run_manual(*_manual_callbacks(cfg, log))
         return EXIT_OK
