@@ -6,6 +6,10 @@ Public API::
                                     SequenceSampler, get_val_mask, downsample_mask, GraspDataset)
     from controller.dataset.image_ops import bgr_uint8_to_float_chw, rgbm_uint8_to_float_chw
 
+Other on-disk formats (ACT/DexVLA HDF5 ``act_h5``, LeRobot v3.0 ``lerobot``, our ``deployment``
+recordings) are read through the same interface by :mod:`controller.dataset.formats`
+(``open_source(path)``); :class:`GraspDataset` opens every path that way, so formats may be mixed.
+
 CLI: ``python -m controller.dataset.inspect PATH [PATH ...]``.
 """
 from controller.dataset.errors import DatasetError

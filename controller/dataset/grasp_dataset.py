@@ -1,4 +1,8 @@
-"""Torch dataset of (observation, 64-step action chunk) samples from one or more zarr stores.
+"""Torch dataset of (observation, 64-step action chunk) samples from one or more datasets.
+
+Every path is opened through :func:`controller.dataset.formats.open_source`, so one dataset may mix
+formats (zarr stores, ACT/DexVLA HDF5 directories, LeRobot v3.0, deployment recordings); foreign
+formats are mapped onto our keys by ``dataset_options`` (see :class:`~controller.dataset.formats.SourceOptions`).
 
 Sample layout (T = n_obs_steps, H = horizon, h x w = image size from ``shape_meta``)::
 
@@ -7,6 +11,10 @@ Sample layout (T = n_obs_steps, H = horizon, h x w = image size from ``shape_met
              'right_state':   float32 (T, 13)},
      'action':        float32 (H, 13),   past the episode end: the last action repeated
      'action_is_pad': bool    (H,)}      True at those repeated positions
+
+With ``load_text=True`` a sample also has ``'language'`` (str, the episode's instruction, '' if none)
+and ``'reasoning'`` (str, the sub-step reasoning at the last observation step, '' if none); the
+default collate turns them into lists of str, which ``to_device`` passes through unchanged.
 
 Images are resized here (bilinear; mask nearest then > 0.5, see :mod:`controller.dataset.image_ops`)
 but stay BGR and un-normalised: the policy's observation encoder does BGR->RGB, colour jitter and
@@ -38,6 +46,7 @@ from torch.utils.data import Dataset
 from controller.common.shape_meta import ShapeMetaError, validate_shape_meta
 from controller.dataset.errors import DatasetError
 from controller.dataset.image_ops import bgr_uint8_to_float_chw, rgbm_uint8_to_float_chw
+from controller.dataset.formats import SourceOptions, open_source
 from controller.dataset.replay_buffer import ZarrReplayBuffer
 from controller.dataset.sampler import SequenceSampler, downsample_mask, get_val_mask
 from controller.model.common.normalizer import LinearNormalizer
@@ -58,11 +67,37 @@ def _plain_list(x: Any) -> list:
     return [os.fspath(v) if isinstance(v, os.PathLike) else v for v in x]
 
 
+def _source_options(paths: Sequence[str], dataset_options: Any) -> dict[str, SourceOptions]:
+    """``dataset_options`` -> path -> SourceOptions: one mapping of option fields for every path, or a
+    mapping path -> option fields (paths not listed get the defaults)."""
+    try:
+        from omegaconf import OmegaConf
+        if OmegaConf.is_config(dataset_options):
+            dataset_options = OmegaConf.to_container(dataset_options, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if not dataset_options:
+        return {p: SourceOptions() for p in paths}
+    if not isinstance(dataset_options, Mapping):
+        raise DatasetError(f"GraspDataset: dataset_options must be a mapping, got {type(dataset_options).__name__}")
+    fields = set(SourceOptions.__dataclass_fields__)
+    keys = {str(k) for k in dataset_options}
+    if keys <= fields:
+        opts = SourceOptions.from_config(dataset_options)
+        return {p: opts for p in paths}
+    unknown = keys - set(paths)
+    if unknown:
+        raise DatasetError(f"GraspDataset: dataset_options keys {sorted(unknown)} are neither option names "
+                           f"{sorted(fields)} nor dataset paths {list(paths)}")
+    return {p: SourceOptions.from_config(dataset_options.get(p)) for p in paths}
+
+
 class GraspDataset(Dataset):
-    """Windows of ``horizon`` steps over the episodes of several zarr stores.
+    """Windows of ``horizon`` steps over the episodes of several datasets (any registered format).
 
     Args:
-        dataset_paths: one path or a list of zarr store paths (reference layout).
+        dataset_paths: one path or a list of dataset paths (zarr stores in the reference layout,
+            ACT/DexVLA HDF5, LeRobot v3.0, deployment recordings; formats may be mixed).
         shape_meta: the data contract (see ``controller.common.shape_meta``); image sizes, state and
             action widths and (if not given here) horizons are taken from it.
         horizon: action steps per sample (default: ``shape_meta['action']['horizon']``).
@@ -82,6 +117,12 @@ class GraspDataset(Dataset):
             and raise :class:`~controller.dataset.errors.ChunkError` naming the array, chunk and
             file if one is missing (zarr would train on it as zeros) or empty/implausibly sized.
             False skips the check. Decode errors during training are named either way.
+        dataset_options: how non-zarr datasets map onto our keys: one mapping of
+            :class:`~controller.dataset.formats.SourceOptions` fields (``camera_map``, ``state_keys``,
+            ``action_keys``, ``mask``, ``mask_key``) for every path, or a mapping path -> such fields.
+        load_text: add ``'language'`` and ``'reasoning'`` strings to each sample (see module
+            docstring); every episode's text is read once here, so a source whose text is damaged
+            or missing where the format requires it (ACT ``language_raw``) fails at start-up.
     """
 
     def __init__(self, dataset_paths: Any, shape_meta: Mapping, horizon: Optional[int] = None,
@@ -89,7 +130,8 @@ class GraspDataset(Dataset):
                  max_train_episodes: Optional[int] = None, pad_action: bool = True,
                  image_keys: Sequence[str] = ("rgbm", "right_cam_img"),
                  lowdim_keys: Sequence[str] = ("right_state",), cache_dir: Optional[str] = None,
-                 feature_cache_path: Optional[str] = None, verify_chunks: bool = True):
+                 feature_cache_path: Optional[str] = None, verify_chunks: bool = True,
+                 dataset_options: Any = None, load_text: bool = False):
         super().__init__()
         self.shape_meta = validate_shape_meta(shape_meta, where="GraspDataset.shape_meta")
         obs_meta, act_meta = self.shape_meta["obs"], self.shape_meta["action"]
@@ -116,15 +158,30 @@ class GraspDataset(Dataset):
 
         self.dataset_paths = [str(p) for p in _plain_list(dataset_paths)]
         if not self.dataset_paths:
-            raise DatasetError("GraspDataset: dataset_paths is empty; expected at least one zarr store")
+            raise DatasetError("GraspDataset: dataset_paths is empty; expected at least one dataset")
         dims = {k: int(obs_meta[k]["shape"][0]) for k in self.lowdim_keys}
         dims["action"] = self.action_dim
         self.feature_cache_path = str(feature_cache_path) if feature_cache_path else None
         keys = ([] if self.feature_cache_path else self.image_keys) + self.lowdim_keys + ["action"]
         self.verify_chunks = bool(verify_chunks)
-        self.replay_buffers = [ZarrReplayBuffer.open(p, keys=keys, low_dim_dims=dims,
-                                                     verify_chunks=self.verify_chunks)
-                               for p in self.dataset_paths]
+        options = _source_options(self.dataset_paths, dataset_options)
+        #: one :class:`~controller.dataset.formats.EpisodeSource` per path (name kept from zarr-only days)
+        self.replay_buffers = [open_source(p, keys=keys, low_dim_dims=dims, verify=self.verify_chunks,
+                                           options=options[p]) for p in self.dataset_paths]
+        self.load_text = bool(load_text)
+        if self.load_text:
+            for rb in self.replay_buffers:   # read (and check) all text now, not inside workers
+                for ep, start in enumerate(rb.episode_starts):
+                    rb.language(ep)
+                    rb.reasoning(int(start))
+        if self.feature_cache_path or cache_dir is not None:
+            other = [(p, rb.format_name) for p, rb in zip(self.dataset_paths, self.replay_buffers)
+                     if not isinstance(rb, ZarrReplayBuffer)]
+            if other:
+                what = "feature_cache_path" if self.feature_cache_path else "cache_dir"
+                raise DatasetError(f"GraspDataset: {what} needs zarr stores, but {other[0][0]} is "
+                                   f"'{other[0][1]}'; convert it first (python -m controller.dataset.convert "
+                                   f"{other[0][0]} OUT.zarr) or train without {what}")
 
         # episode-level split over all stores together
         counts = [rb.n_episodes for rb in self.replay_buffers]
@@ -234,6 +291,11 @@ class GraspDataset(Dataset):
         action = np.asarray(rb["action"][act_idx], dtype=np.float32)  # (H, A)
         sample = {"obs": obs, "action": torch.from_numpy(action),
                   "action_is_pad": torch.from_numpy(is_pad.copy())}
+        if self.load_text:
+            last = int(obs_idx[-1])                                        # the current step
+            ep = int(np.searchsorted(rb.episode_ends, last, side="right"))
+            sample["language"] = rb.language(ep) or ""
+            sample["reasoning"] = rb.reasoning(last) or ""
         self._check_sample(sample, b)
         return sample
 
@@ -260,4 +322,4 @@ class GraspDataset(Dataset):
     def __repr__(self) -> str:
         split = "val" if self.is_validation else "train"
         return (f"GraspDataset({split}: {len(self)} windows from {self.n_episodes} episodes of "
-                f"{len(self.dataset_paths)} store(s), horizon={self.horizon}, images={self.image_sizes})")
+                f"{len(self.dataset_paths)} dataset(s), horizon={self.horizon}, images={self.image_sizes})")
