@@ -4,6 +4,7 @@ Two steps, in two environments (lerobot must never be a dependency of ours):
 
     # 1. our venv: write a small dataset with our sink + what LeRobot should return
     .venv/bin/python scripts/check_lerobot_roundtrip.py write /tmp/roundtrip
+    #    (add --files-mb 1e-6 --chunks-size 2 for a dataset spread over several files and chunks)
     # 2. the throwaway venv (see scripts/make_lerobot_fixture.py): load it with LeRobotDataset
     /tmp/lerobot-venv/bin/python scripts/check_lerobot_roundtrip.py check /tmp/roundtrip [--backend pyav]
 
@@ -48,7 +49,7 @@ def _episode(ep: int, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]
             "action": rng.standard_normal((n, 13)).astype(np.float32)}
 
 
-def write(out: Path) -> None:
+def write(out: Path, files_mb: float = 100.0, chunks_size: int = 1000) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from controller.dataset.formats import open_sink, open_source  # noqa: PLC0415
 
@@ -58,7 +59,8 @@ def write(out: Path) -> None:
     rng = np.random.default_rng(7)
     eps = [_episode(e, n, rng) for e, n in enumerate(LENGTHS)]
     reasoning = [[f"ep{e} step{t}: approach" if t < n // 2 else "" for t in range(n)] for e, n in enumerate(LENGTHS)]
-    with open_sink(out / "dataset", "lerobot", fps=FPS) as sink:
+    with open_sink(out / "dataset", "lerobot", fps=FPS, chunks_size=chunks_size, data_files_size_in_mb=files_mb,
+                   video_files_size_in_mb=files_mb) as sink:
         for e, data in enumerate(eps):
             sink.add_episode(data, language=TASKS[e], reasoning=reasoning[e])
     cat = {k: np.concatenate([d[k] for d in eps]) for k in eps[0]}
@@ -104,6 +106,7 @@ def check(out: Path, backend: str) -> int:
             print("sample frame 9:", {k: (tuple(v.shape) if hasattr(v, "shape") and v.ndim else
                                            (v.item() if hasattr(v, "item") else v)) for k, v in item.items()})
     print(f"worst |diff| of video frames (0..255; mean vs written, max vs our reader): {worst}")
+    problems += _check_training_use(out, backend, exp)
     if problems:
         print("FAILED:", "; ".join(problems[:10]))
         return 1
@@ -111,14 +114,40 @@ def check(out: Path, backend: str) -> int:
     return 0
 
 
+def _check_training_use(out: Path, backend: str, exp) -> list[str]:
+    """delta_timestamps (past frames, action chunks padded at episode ends) and a 2-worker DataLoader."""
+    import torch  # noqa: PLC0415
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: PLC0415
+
+    dt = 1.0 / FPS
+    ds = LeRobotDataset("dexgraspvla/roundtrip", root=out / "dataset", video_backend=backend,
+                        delta_timestamps={"observation.images.head": [-dt, 0.0], "action": [k * dt for k in range(4)]})
+    end = LENGTHS[0] - 1                       # last frame of episode 0: the chunk runs past it
+    item = ds[end]
+    problems = []
+    if item["observation.images.head"].shape != (2, 3, H, W):
+        problems.append(f"delta_timestamps head shape {tuple(item['observation.images.head'].shape)}")
+    if item["action_is_pad"].tolist() != [False, True, True, True] or \
+            not np.array_equal(item["action"][0].numpy(), exp["action"][end]):
+        problems.append(f"action chunk at the end of episode 0: pad {item['action_is_pad'].tolist()}")
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, shuffle=True)
+    n = sum(len(batch["index"]) for batch in loader)
+    print(f"delta_timestamps item {end}: head {tuple(item['observation.images.head'].shape)}, action_is_pad "
+          f"{item['action_is_pad'].tolist()}; DataLoader(num_workers=2) gave {n} samples")
+    return problems + ([] if n == len(ds) else [f"DataLoader gave {n} samples; expected {len(ds)}"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=("write", "check"))
     ap.add_argument("out", type=Path)
     ap.add_argument("--backend", default="pyav", help="LeRobot video backend for 'check' (pyav or torchcodec)")
+    ap.add_argument("--files-mb", type=float, default=100.0,
+                    help="'write': data/video file size limit (tiny, e.g. 1e-6: one data file per episode)")
+    ap.add_argument("--chunks-size", type=int, default=1000, help="'write': files per chunk-XXX directory")
     args = ap.parse_args()
     if args.step == "write":
-        write(args.out)
+        write(args.out, args.files_mb, args.chunks_size)
     else:
         sys.exit(check(args.out, args.backend))
 

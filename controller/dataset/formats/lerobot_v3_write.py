@@ -91,7 +91,7 @@ class LeRobotSink:
                  crf: int = 18, mask_crf: int = 8, gop: int = 2, robot_type: Optional[str] = None,
                  head: str = "head", wrist: str = "wrist", mask: str = "head_mask",
                  state_names: Optional[Sequence[str]] = None, action_names: Optional[Sequence[str]] = None,
-                 chunks_size: int = 1000, data_files_size_in_mb: int = 100, video_files_size_in_mb: int = 200):
+                 chunks_size: int = 1000, data_files_size_in_mb: float = 100, video_files_size_in_mb: float = 200):
         import pyarrow  # noqa: F401,PLC0415  (fail early when missing)
         self.path = os.fspath(path)
         if abs(fps - round(fps)) > 1e-9 or round(fps) <= 0:

@@ -268,3 +268,23 @@ def test_real_fixture_with_image_features():
     np.testing.assert_array_equal(np.asarray(src["rgbm"])[..., 2::-1], exp["observation__images__top"])
     np.testing.assert_array_equal(np.asarray(src["right_cam_img"])[..., ::-1], exp["observation__images__wrist_right"])
     assert src.language(1) == str(exp["task"][-1])
+
+
+def test_roundtrip_across_files_and_chunks(tmp_path):
+    """Tiny file limits: every episode starts a new data file (and chunk-001 after 2 files)."""
+    rng = np.random.default_rng(5)
+    eps = [_episode(e, n, rng) for e, n in enumerate((3, 4, 2, 5))]
+    with open_sink(tmp_path / "multi", "lerobot", fps=10, chunks_size=2, data_files_size_in_mb=1e-6,
+                   video_files_size_in_mb=1e-6) as sink:
+        for data in eps:
+            sink.add_episode(data, language="grasp")
+    files = sorted(str(p.relative_to(tmp_path / "multi")) for p in (tmp_path / "multi" / "data").rglob("*.parquet"))
+    assert files == ["data/chunk-000/file-000.parquet", "data/chunk-000/file-001.parquet",
+                     "data/chunk-001/file-000.parquet", "data/chunk-001/file-001.parquet"]
+    src = open_source(tmp_path / "multi")
+    assert src.describe()["files"]["data"] == 4
+    for e, data in enumerate(eps):
+        got = src.get_episode(e)
+        np.testing.assert_array_equal(got["action"], data["action"])
+        np.testing.assert_array_equal(got["rgbm"][..., 3], data["rgbm"][..., 3])
+        assert np.abs(got["rgbm"][..., :3].astype(int) - data["rgbm"][..., :3]).mean() < 3.0
