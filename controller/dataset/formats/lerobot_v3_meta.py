@@ -76,20 +76,22 @@ def _to_matrix(col: Any) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False).reshape(-1, 1)
 
 
-def _task_strings(path: str) -> dict[int, str]:
-    """``meta/tasks.parquet`` (pandas frame indexed by the task string) -> {task_index: task}."""
-    table = _read_table(path, None, "tasks of the dataset (task_index + task strings)")
+def _indexed_strings(path: str, name: str = "task") -> dict[int, str]:
+    """``meta/tasks.parquet`` (a pandas frame indexed by the task string, column ``task_index``) ->
+    {task_index: task}; the same for ``meta/subtasks.parquet`` with ``name='subtask'``."""
+    table = _read_table(path, None, f"{name}s of the dataset ({name}_index + {name} strings)")
     names = table.schema.names
-    text_col = "task" if "task" in names else None
+    text_col = name if name in names else None
     meta = table.schema.metadata or {}
     if text_col is None and b"pandas" in meta:
         idx = json.loads(meta[b"pandas"]).get("index_columns") or []
-        text_col = idx[0] if idx and isinstance(idx[0], str) else None
+        text_col = idx[0] if idx and isinstance(idx[0], str) and idx[0] in names else None
     text_col = text_col or ("__index_level_0__" if "__index_level_0__" in names else None)
-    if text_col is None or "task_index" not in names:
-        raise DatasetError(f"{path}: missing column '{'task_index' if text_col else 'task'}'; expected "
-                           f"task_index and the task strings (column 'task' or the pandas index); found {names}")
-    return {int(i): str(t) for i, t in zip(table.column("task_index").to_pylist(), table.column(text_col).to_pylist())}
+    if text_col is None or f"{name}_index" not in names:
+        raise DatasetError(f"{path}: missing column '{name + '_index' if text_col else name}'; expected "
+                           f"{name}_index and the {name} strings (column '{name}' or the pandas index); found {names}")
+    return {int(i): str(t) for i, t in zip(table.column(f"{name}_index").to_pylist(),
+                                           table.column(text_col).to_pylist())}
 
 
 class LeRobotMeta:
@@ -118,7 +120,7 @@ class LeRobotMeta:
         self.video_path = info.get("video_path") or DEFAULT_VIDEO_PATH
         self.camera_keys = [k for k, v in self.features.items() if v.get("dtype") in ("video", "image")]
         self.video_keys = [k for k in self.camera_keys if self.features[k]["dtype"] == "video"]
-        self._tasks = _task_strings(os.path.join(root, "meta", "tasks.parquet"))
+        self._tasks = _indexed_strings(os.path.join(root, "meta", "tasks.parquet"))
         self.tasks = [self._tasks[i] for i in sorted(self._tasks)]
         stats_path = os.path.join(root, "meta", "stats.json")
         self.stats = read_json(stats_path, "stats") if os.path.isfile(stats_path) else None
@@ -177,12 +179,9 @@ class LeRobotMeta:
                                    f"by meta/episodes videos/{key}/chunk_index and file_index")
 
     def subtask_strings(self, idx: np.ndarray) -> list[str]:
-        path = os.path.join(self.root, "meta", "subtasks.parquet")
-        table = _read_table(path, None, "subtasks (subtask_index + subtask strings)")
-        names = table.schema.names
-        text = "subtask" if "subtask" in names else "__index_level_0__"
-        lut = dict(zip(table.column("subtask_index").to_pylist(), table.column(text).to_pylist()))
-        return [str(lut.get(int(i), "")) for i in idx]
+        """Per-step strings of ``subtask_index`` values (LeRobot 0.4-0.5's ``meta/subtasks.parquet``)."""
+        lut = _indexed_strings(os.path.join(self.root, "meta", "subtasks.parquet"), "subtask")
+        return [lut.get(int(i), "") for i in idx]
 
     def file_counts(self) -> dict[str, int]:
         out = {"data": len(set(zip(self.episodes["data/chunk_index"], self.episodes["data/file_index"])))}

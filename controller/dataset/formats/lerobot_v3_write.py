@@ -133,6 +133,9 @@ class LeRobotSink:
         for ours, roles in (("rgbm", ("head", "mask")), ("right_cam_img", ("wrist",))):
             if ours in data:
                 h, w = (int(s) for s in data[ours].shape[1:3])
+                if h % 2 or w % 2:
+                    raise DatasetError(f"{self.path}: key '{ours}' frames are {h}x{w}; expected an even height "
+                                       f"and width (yuv420p video halves the colour resolution)")
                 for role in roles:
                     feats[self.cam_keys[role]] = {
                         "dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],

@@ -288,3 +288,31 @@ def test_roundtrip_across_files_and_chunks(tmp_path):
         np.testing.assert_array_equal(got["action"], data["action"])
         np.testing.assert_array_equal(got["rgbm"][..., 3], data["rgbm"][..., 3])
         assert np.abs(got["rgbm"][..., :3].astype(int) - data["rgbm"][..., :3]).mean() < 3.0
+
+
+def test_odd_frame_size_is_refused(tmp_path):
+    data = _episode(0, 2, np.random.default_rng(0))
+    data["right_cam_img"] = data["right_cam_img"][:, :47]
+    with pytest.raises(DatasetError, match="47x64; expected an even height and width"):
+        with open_sink(tmp_path / "odd", "lerobot") as sink:
+            sink.add_episode(data)
+    assert os.listdir(tmp_path) == []
+
+
+def test_subtask_index_as_reasoning(real_copy):
+    """LeRobot 0.4-0.5 datasets: per-frame subtask_index + meta/subtasks.parquet (pandas-indexed)."""
+    import pyarrow as pa
+    info_path = real_copy / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    del info["features"]["reasoning"]
+    info["features"]["subtask_index"] = {"dtype": "int64", "shape": [1], "names": None}
+    info_path.write_text(json.dumps(info))
+    data = real_copy / "data" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(data).drop_columns(["reasoning"])
+    pq.write_table(table.append_column("subtask_index", pa.array(np.arange(15) % 2, pa.int64())), data)
+    pandas_md = {"index_columns": ["__index_level_0__"], "columns": []}
+    sub = pa.table({"subtask_index": pa.array([0, 1], pa.int64()), "__index_level_0__": ["reach", "close hand"]})
+    pq.write_table(sub.replace_schema_metadata({b"pandas": json.dumps(pandas_md).encode()}),
+                   real_copy / "meta" / "subtasks.parquet")
+    src = open_source(real_copy)
+    assert [src.reasoning(i) for i in range(4)] == ["reach", "close hand", "reach", "close hand"]
