@@ -169,13 +169,13 @@ class DeploymentSource:
         return {k: np.asarray(self._data[k][start:end]) for k in (keys or self.keys())}
 
     def language(self, episode: int) -> Optional[str]:
-        """Deployment recordings carry no instruction: None."""
-        range(self.n_episodes)[episode]
+        """Deployment recordings carry no instruction: None (IndexError for a bad episode)."""
+        _ = range(self.n_episodes)[episode]
         return None
 
     def reasoning(self, step: int) -> Optional[str]:
-        """Deployment recordings carry no reasoning: None."""
-        range(self.n_steps)[step]
+        """Deployment recordings carry no reasoning: None (IndexError for a bad step)."""
+        _ = range(self.n_steps)[step]
         return None
 
     def describe(self) -> dict[str, Any]:
