@@ -17,13 +17,16 @@ Mapping onto our keys (:class:`SourceOptions`):
 
 * ``camera_map`` ``head`` / ``wrist`` -> a camera feature (``observation.images.<name>``; the prefix
   may be omitted). Defaults: ``observation.images.head`` / ``observation.images.wrist`` when
-  present, else the first camera whose name has no ``wrist`` (head) and the first with ``wrist``.
+  present, else the first camera whose name has no ``wrist`` (head) and the first with ``wrist``
+  (one with ``right`` preferred).
   Camera features may be videos or images stored in the parquet as PNG/JPEG bytes.
 * ``state_keys`` (default ``observation.state``) and ``action_keys`` (default ``action``):
-  columns concatenated into ``right_state`` / ``action`` (float32).
+  columns concatenated into ``right_state`` / ``action`` (float32); without ``keys`` a low-dim key
+  whose columns the dataset lacks is left out (asking for it names the missing feature).
 * mask: ``zeros``, or ``from-key`` with ``mask_key`` a camera feature (channel 0, > 127 -> 255).
 * Datasets written by our own sink carry ``meta/dexgraspvla.json`` (the mapping used to write
-  them); with default options it is used, so our mask video comes back as the 4th channel.
+  them); with options equal to the defaults it is used, so our mask video comes back as the 4th
+  channel (pass any non-default option, e.g. an explicit camera_map, to map them yourself).
 * language: the task of the episode's first frame; reasoning: the ``reasoning`` string column
   (``""`` -> None) or, for LeRobot 0.4-0.5 datasets, ``subtask_index`` + ``meta/subtasks.parquet``.
 
@@ -43,7 +46,6 @@ from controller.dataset.formats.lerobot_v3_meta import (MAPPING_FILE, REASONING_
 from controller.dataset.formats.video_io import VideoError, read_frame
 
 __all__ = ["CameraArray", "LeRobotSource", "detect_lerobot", "open_lerobot"]
-
 
 
 def _feature_hw(meta: LeRobotMeta, key: str) -> tuple[int, int]:
@@ -167,8 +169,8 @@ def _default_cameras(meta: LeRobotMeta) -> dict[str, str]:
         head = [k for k in cams if "wrist" not in k and k != out.get("wrist")]
         if head:
             out["head"] = head[0]
-    if "wrist" not in out:
-        wrist = [k for k in cams if "wrist" in k and k != out.get("head")]
+    if "wrist" not in out:   # our robot's wrist camera is on the right hand: prefer a 'right' wrist
+        wrist = sorted((k for k in cams if "wrist" in k and k != out.get("head")), key=lambda k: "right" not in k)
         if wrist:
             out["wrist"] = wrist[0]
     return out
@@ -197,10 +199,11 @@ class LeRobotSource:
         self.mask_key = mask_key
 
         available = [k for k, role in (("rgbm", "head"), ("right_cam_img", "wrist")) if role in cams]
-        available += ["right_state", "action"]
-        wanted = list(keys) if keys is not None else available
+        low_dim = [k for k in ("right_state", "action")
+                   if all(c in meta.features for c in self.low_dim_sources[k])]
+        wanted = list(keys) if keys is not None else available + low_dim
         for k in wanted:
-            if k not in available:
+            if k not in available and k not in ("right_state", "action"):
                 why = (f"no camera for role {'head' if k == 'rgbm' else 'wrist'} (cameras: {meta.camera_keys}; "
                        f"set camera_map)" if k in IMAGE_CHANNELS else "not a key of this format")
                 raise DatasetError(f"{self.path}: key '{k}' is not available: {why}")

@@ -316,3 +316,14 @@ def test_subtask_index_as_reasoning(real_copy):
                    real_copy / "meta" / "subtasks.parquet")
     src = open_source(real_copy)
     assert [src.reasoning(i) for i in range(4)] == ["reach", "close hand", "reach", "close hand"]
+
+
+def test_default_keys_follow_the_features(real_copy):
+    info_path = real_copy / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    del info["features"]["observation.state"]
+    info_path.write_text(json.dumps(info))
+    src = open_source(real_copy)
+    assert src.keys() == ["rgbm", "right_cam_img", "action"]
+    with pytest.raises(DatasetError, match="feature 'observation.state' \\(for our key 'right_state'\\)"):
+        open_source(real_copy, keys=["right_state"])
