@@ -79,9 +79,12 @@ def test_mixed_formats_with_text_and_workers(tmp_path, recordings, shape_meta):
     assert [rb.format_name for rb in ds.replay_buffers] == ["zarr", "act_h5", "deployment"]
     texts = {(ds[i]["language"], ds[i]["reasoning"]) for i in range(len(ds))}
     assert texts == {("", ""), ("lift it", "r1"), ("lift it", "r2")}
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, shuffle=False)
-    batch = next(iter(loader))
-    assert batch["language"] == [""] * 4 and batch["obs"]["rgbm"].shape[0] == 4
+    picks = [len(ds) - 1, 8, 6, 20]          # deployment, act_h5, act_h5, deployment windows
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, picks), batch_size=4, num_workers=1)
+    batch = next(iter(loader))                # HDF5 files reopened inside the forked worker
+    assert batch["language"] == ["", "lift it", "lift it", ""] and batch["obs"]["rgbm"].shape[0] == 4
+    for row, i in enumerate(picks):
+        torch.testing.assert_close(batch["obs"]["rgbm"][row], ds[i]["obs"]["rgbm"], rtol=0, atol=0)
     with pytest.raises(DatasetError, match=r"dataset_options keys \['nope'\] are neither option names"):
         GraspDataset([z], shape_meta, dataset_options={"nope": {}})
     with pytest.raises(DatasetError, match="cache_dir needs zarr stores"):
