@@ -21,6 +21,9 @@ Run it in a throwaway virtualenv OUTSIDE the repository (lerobot must never be a
     /tmp/lerobot-venv/bin/pip install lerobot          # 0.4.4 on Python 3.11 (pulls its own torch)
     /tmp/lerobot-venv/bin/python scripts/make_lerobot_fixture.py [--out tests/fixtures/lerobot_v3_real]
 
+After regenerating, add the files with explicit paths; the repository's .gitignore ignores
+``data/``, so the data parquet files need ``git add -f``.
+
 Frames are decoded with ``video_backend="pyav"`` (LeRobot's default, torchcodec, needs the system's
 FFmpeg libraries; pass ``--backend torchcodec`` where they are installed).
 """
