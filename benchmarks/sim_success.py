@@ -5,7 +5,13 @@
   the segmenter turns the box into a mask, the tracker follows it every control step and the
   controller acts on that mask; one grasp attempt per scene; success = the object the planner
   chose (matched to the simulator's objects by box IoU) is lifted and held;
-* optional diagnostic ``hierarchy_true_mask``: the planner's choice with its ground-truth mask.
+* optional diagnostic ``hierarchy_true_mask``: the planner's choice with its ground-truth mask;
+* optional ``dexvla`` (issue 23, ``--dexvla-checkpoint CKPT``): a DexVLA checkpoint gets the
+  language instruction naming the scene's target (``"grasp the blue box"``, the phrasing of
+  ``sim.collect``) and no mask, on the same splits and seeds; success as the controller column
+  (the target lifted and held). The reasoning it generated per chunk is kept in the JSON records.
+
+    python benchmarks/sim_success.py --columns dexvla --dexvla-checkpoint CKPT --episodes 50
 
     python benchmarks/sim_success.py --checkpoint CKPT --episodes 50 [--splits train unseen_objects ...]
 
@@ -84,7 +90,10 @@ def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split
 def main(argv=None) -> int:
     from inference_utils import cli_common  # noqa: PLC0415 - kebab-case flags; old underscore spellings accepted
     ap = cli_common.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint")
+    ap.add_argument("--checkpoint", help="DexGraspVLA controller checkpoint (columns controller / hierarchy*)")
+    ap.add_argument("--dexvla-checkpoint", default=None, metavar="CKPT", help="DexVLA checkpoint (column dexvla)")
+    ap.add_argument("--dexvla-num-samples", type=int, default=1,
+                    help="column dexvla: chunks per observation, averaged (each runs the VLM; default 1)")
     ap.add_argument("--remote", metavar="HOST:PORT", help="use a policy server instead of --checkpoint")
     ap.add_argument("--token-env", default=None, metavar="NAME",
                     help="environment variable with the policy server's token (default DEXGRASPVLA_POLICY_TOKEN)")
@@ -95,8 +104,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=100000, help="first scene seed (held out from collection)")
     ap.add_argument("--execute", type=int, default=6)
     ap.add_argument("--columns", nargs="+", default=["controller", "hierarchy"],
-                    choices=["controller", "hierarchy", "hierarchy_true_mask"],
-                    help="hierarchy_true_mask: the planner's object with its ground-truth mask (diagnostic)")
+                    choices=["controller", "hierarchy", "hierarchy_true_mask", "dexvla"],
+                    help="hierarchy_true_mask: the planner's object with its ground-truth mask (diagnostic); "
+                         "dexvla: a DexVLA checkpoint on the instruction, no mask (--dexvla-checkpoint)")
     ap.add_argument("--time-limit", type=float, default=15.0)
     ap.add_argument("--temporal-ensemble", default=str(defaults.TEMPORAL_ENSEMBLE_DECAY), metavar="DECAY|off",
                     help="blend overlapping chunks, weights exp(-DECAY * age in steps); 'off' disables "
@@ -111,8 +121,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out)
-    if bool(args.checkpoint) == bool(args.remote):
+    needs_controller = any(c != "dexvla" for c in args.columns)
+    if needs_controller and bool(args.checkpoint) == bool(args.remote):
         ap.error("give --checkpoint or --remote HOST:PORT (unless --merge)")
+    if "dexvla" in args.columns and not args.dexvla_checkpoint:
+        ap.error("--columns dexvla needs --dexvla-checkpoint CKPT")
+    if args.dexvla_num_samples < 1:
+        ap.error(f"--dexvla-num-samples must be >= 1, got {args.dexvla_num_samples}")
 
     import torch
     from tqdm import tqdm
@@ -138,7 +153,10 @@ def main(argv=None) -> int:
     n_samples = args.num_samples
     if n_samples < 1:
         ap.error(f"--num-samples must be >= 1, got {n_samples}")
-    if args.remote:
+    policy, checkpoint = None, None
+    if not needs_controller:
+        pass
+    elif args.remote:
         from sim.evaluate import connect_remote
         try:
             policy = connect_remote(args.remote, args.token_env, args.remote_timeout, temporal_ensemble=decay,
@@ -149,6 +167,11 @@ def main(argv=None) -> int:
     else:
         policy = ChunkPolicy.from_checkpoint(args.checkpoint, temporal_ensemble=decay, num_samples=n_samples)
         checkpoint = args.checkpoint
+    dexvla = None
+    if "dexvla" in args.columns:
+        from controller.policy.dexvla_runner import DexVLAChunkPolicy
+        dexvla = DexVLAChunkPolicy.from_checkpoint(args.dexvla_checkpoint, temporal_ensemble=decay,
+                                                   num_samples=args.dexvla_num_samples)
     config = SimConfig(time_limit_s=args.time_limit)
     rows = {}
     for split in args.splits:
@@ -161,6 +184,15 @@ def main(argv=None) -> int:
                                  "temporal_ensemble": decay, "num_samples": n_samples,
                                  "threads": torch.get_num_threads(),
                                  "records": [{"seed": r["seed"], "success": r["success"]} for r in s["records"]]}
+        if dexvla is not None:
+            t = time.time()
+            s = run_evaluation(dexvla, split, args.episodes, args.seed, 0, None, args.execute, config)
+            row["dexvla"] = {"successes": s["successes"], "n": args.episodes, "rate": s["success_rate"],
+                             "wilson95": s["wilson95"], "s_per_attempt": (time.time() - t) / args.episodes,
+                             "temporal_ensemble": decay, "num_samples": args.dexvla_num_samples,
+                             "threads": torch.get_num_threads(),
+                             "records": [{k: r[k] for k in ("seed", "success", "instruction", "reasoning")}
+                                         for r in s["records"]]}
         for column in [c for c in args.columns if c.startswith("hierarchy")]:
             recs = []
             with serve_in_thread(create_app()) as base_url, GraspEnv(config.with_(split=split)) as env:
@@ -187,13 +219,13 @@ def main(argv=None) -> int:
                            "records": recs}
         rows[split] = row
 
-    write_report(checkpoint, args.episodes, rows, args.out)
+    write_report(checkpoint, args.episodes, rows, args.out, dexvla_checkpoint=args.dexvla_checkpoint)
     return 0
 
 
 def render_table(rows: dict) -> str:
     """Markdown table of ``rows`` ({split: {column: stats}}), then the hierarchy diagnostics."""
-    columns = [c for c in ("controller", "hierarchy", "hierarchy_true_mask")
+    columns = [c for c in ("controller", "hierarchy", "hierarchy_true_mask", "dexvla")
                if any(c in row for row in rows.values())]
     lines = ["| split | " + " | ".join(f"{c} success (95 % CI)" for c in columns) + " | " +
              " | ".join(f"{c} s/attempt" for c in columns) + " |",
@@ -215,31 +247,37 @@ def render_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(checkpoint: str, episodes: int, rows: dict, out_dir: str) -> None:
+def write_report(checkpoint: str, episodes: int, rows: dict, out_dir: str, dexvla_checkpoint: str = None) -> None:
     """Print the table and write ``sim_success.json`` / ``.md`` under ``out_dir``."""
     table = render_table(rows)
     print(table)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sim_success.json").write_text(json.dumps({"checkpoint": checkpoint, "episodes": episodes,
-                                                      "rows": rows}, indent=2))
-    (out / "sim_success.md").write_text(f"Checkpoint: `{checkpoint}`\n\n{table}\n")
+    report = {"checkpoint": checkpoint, "episodes": episodes, "rows": rows}
+    header = f"Checkpoint: `{checkpoint}`"
+    if dexvla_checkpoint:
+        report["dexvla_checkpoint"] = dexvla_checkpoint
+        header += f"; DexVLA checkpoint: `{dexvla_checkpoint}`"
+    (out / "sim_success.json").write_text(json.dumps(report, indent=2))
+    (out / "sim_success.md").write_text(f"{header}\n\n{table}\n")
     print(f"written: {out / 'sim_success.json'}, {out / 'sim_success.md'}")
 
 
 def merge(dirs: list, out_dir: str) -> int:
-    """Combine the reports of several runs (same checkpoint) into one table."""
-    rows, checkpoint, episodes = {}, None, None
+    """Combine the reports of several runs (same checkpoint; a dexvla-only run has none) into one table."""
+    rows, checkpoint, episodes, dexvla_ckpt = {}, None, None, None
     for d in dirs:
         path = Path(d) / "sim_success.json"
         if not path.is_file():
             print(f"error: --merge: no sim_success.json in {d}", file=sys.stderr)
             return 2
         report = json.loads(path.read_text())
-        if checkpoint not in (None, report["checkpoint"]):
-            print(f"error: --merge: {d} evaluated {report['checkpoint']}, not {checkpoint}", file=sys.stderr)
-            return 2
-        checkpoint, episodes = report["checkpoint"], report["episodes"]
+        for key, seen in (("checkpoint", checkpoint), ("dexvla_checkpoint", dexvla_ckpt)):
+            if report.get(key) is not None and seen not in (None, report[key]):
+                print(f"error: --merge: {d} evaluated {report[key]}, not {seen}", file=sys.stderr)
+                return 2
+        checkpoint, episodes = report["checkpoint"] or checkpoint, report["episodes"]
+        dexvla_ckpt = report.get("dexvla_checkpoint") or dexvla_ckpt
         for split, row in report["rows"].items():
             for column, stats in row.items():
                 if column in rows.get(split, {}):
@@ -247,7 +285,7 @@ def merge(dirs: list, out_dir: str) -> int:
                     return 2
                 rows.setdefault(split, {})[column] = stats
     order = [s for s in SPLITS if s in rows] + [s for s in rows if s not in SPLITS]
-    write_report(checkpoint, episodes, {s: rows[s] for s in order}, out_dir)
+    write_report(checkpoint, episodes, {s: rows[s] for s in order}, out_dir, dexvla_checkpoint=dexvla_ckpt)
     return 0
 
 

@@ -16,6 +16,12 @@ start of every episode and an optional ``consumed(n)`` after the ``n`` actions o
 executed. The deployment defaults (``controller.policy.defaults``) apply: ``--num-samples K``
 chunks averaged per observation, ``--temporal-ensemble DECAY|off`` blending of overlapping chunks.
 
+A policy with ``accepts_language`` true (DexVLA, issue 23: ``DexVLAChunkPolicy``, or a policy
+server serving one) gets the episode's instruction naming the target (``sim.collect.instruction``,
+e.g. ``"grasp the blue box"``) through ``set_instruction`` at the start of every episode; the
+reasoning it generated per chunk (``last_reasoning``) is kept in the episode record and shown in
+the video caption. Such a policy gets no mask (it zeroes the channel itself).
+
 ``--remote HOST:PORT`` (instead of ``--checkpoint``) evaluates the policy a policy server serves
 (``python -m controller.serve``, the runtime's ``controller.type=remote``); the noise and the
 temporal ensemble stay in this process, so the episodes equal an in-process run of the same
@@ -128,6 +134,12 @@ def run_evaluation(policy, split: str = "train", episodes: int = 10, seed: int =
                 sys.modules["torch"].manual_seed(seed + i)
             obs, info = env.reset(seed=seed + i, split=split)
             frames = [compose_frame(obs)] if i < video_k else None
+            language = bool(getattr(policy, "accepts_language", False))
+            instruction, reasoning, notes = None, [], [""]  # notes: the reasoning shown on each frame
+            if language:
+                from sim.collect import instruction as phrase  # noqa: PLC0415 - the collector's wording
+                instruction = phrase(env.scene.objects[env.target].describe())
+                policy.set_instruction(instruction)
             done, chunks = False, 0
             if viz is not None:
                 viz.log_planner("evaluator", f"{split} episode {i} seed {seed + i}: grasp the "
@@ -138,6 +150,8 @@ def run_evaluation(policy, split: str = "train", episodes: int = 10, seed: int =
                     raise ValueError(f"policy.predict_chunk returned shape {chunk.shape}, expected (T, 13)")
                 chunks += 1
                 executed = 0
+                if language:
+                    reasoning.append(str(policy.last_reasoning))
                 for action in chunk[:n_execute]:
                     if viz is not None:
                         _viz_step(viz, viz_step, obs, chunk if executed == 0 else None)
@@ -146,6 +160,7 @@ def run_evaluation(policy, split: str = "train", episodes: int = 10, seed: int =
                     executed += 1
                     if frames is not None:
                         frames.append(compose_frame(obs))
+                        notes.append(reasoning[-1] if reasoning else "")
                     if terminated or truncated:
                         done = True
                         break
@@ -154,10 +169,13 @@ def run_evaluation(policy, split: str = "train", episodes: int = 10, seed: int =
             rec = {"episode": i, "seed": seed + i, "success": bool(info["success"]), "steps": env.steps,
                    "chunks": chunks, "target_lift_m": float(info["target_lift_m"]),
                    "target": env.scene.objects[env.target].describe()}
+            if language:
+                rec.update(instruction=instruction, reasoning=reasoning)
             if frames is not None and out is not None:
                 vpath = out / f"{split}_ep{i:03d}.mp4"
                 text = episode_caption(split, seed + i, f"grasp the {rec['target']}", rec["success"])
-                frames = [caption_frame(f, text, rec["success"]) for f in frames]
+                frames = [caption_frame(f, f"{text} | {note}" if note else text, rec["success"])
+                          for f, note in zip(frames, notes)]
                 write_video(vpath, frames, fps=int(config.control_hz))
                 rec["video"] = str(vpath)
             records.append(rec)

@@ -7,7 +7,7 @@ from pathlib import Path
 REASONING = "move above the box"
 
 
-def make_tiny_dexvla_checkpoint(directory: str | Path, steps: int = 40) -> str:
+def make_tiny_dexvla_checkpoint(directory: str | Path, steps: int = 15) -> str:
     """Build ``policy=dexvla_tiny`` (random tiny Qwen2-VL + 2-block ScaleDP, fitted action normaliser),
     nudge the zero-initialised output layers off zero so the actions are not all equal, teach the
     language model :data:`REASONING` in ``steps`` steps, and save it as a checkpoint directory;

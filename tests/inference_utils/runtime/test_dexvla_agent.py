@@ -24,7 +24,12 @@ def _one_thread():
 def dexvla_checkpoint(tmp_path_factory) -> str:
     from tests.controller.dexvla_helpers import make_tiny_dexvla_checkpoint
 
-    return make_tiny_dexvla_checkpoint(tmp_path_factory.mktemp("dexvla"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures are set up before the function-scoped _one_thread
+    try:
+        return make_tiny_dexvla_checkpoint(tmp_path_factory.mktemp("dexvla"))
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_dexvla_agent_runs_on_the_prompt_and_logs_reasoning(run_inference, dexvla_checkpoint):
@@ -96,3 +101,20 @@ def test_default_agent_config_is_unchanged():
     assert cfg.agent.name == "dexgraspvla" and cfg.mode == "planner" and cfg.controller.num_samples == 4
     dex = compose_config(["agent=dexvla", "controller.num_samples=2"])
     assert dex.agent.name == "dexvla" and dex.mode == "language" and dex.controller.num_samples == 2
+
+
+def test_dexvla_agent_through_the_policy_server(run_inference, dexvla_checkpoint):
+    """controller.type=remote: the prompt travels with each request, the reasoning comes back."""
+    from controller.policy_server.dexvla import ServedDexVLAPolicy
+    from controller.policy_server.server import PolicyServer
+
+    served = ServedDexVLAPolicy.from_checkpoint(dexvla_checkpoint, "cpu")
+    with PolicyServer(served, "127.0.0.1", 0).running_in_thread() as server:
+        res = run_inference("agent=dexvla", "--prompt", "grasp the red box", "controller.type=remote",
+                            f"controller.remote.port={server.port}", "controller.seed=0",
+                            "loop.max_chunks_per_attempt=2", "agent.max_attempts=1", "loop.lift_height_m=4")
+        assert server.stats["requests"] == 2 and server.stats["error_replies"] == 0
+    assert res.code == 0, res.log_text
+    entries = [json.loads(line) for line in (res.dir / "reasoning.jsonl").read_text().splitlines()]
+    assert len(entries) == 2 and all(e["reasoning"] for e in entries)
+    assert res.summary["outcomes"][0]["chunks"] == 2
