@@ -78,8 +78,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: nothing written to {args.dst}", file=sys.stderr)
         return 130
+    mask = "" if args.mask == "zeros" else f", mask {args.mask}" + (f" {args.mask_key}" if args.mask_key else "")
     print(f"wrote {s['episodes']} episodes / {s['steps']} steps ({s['with_language']} with language, "
-          f"{s['with_reasoning']} with reasoning, mask {s['mask']}) from {s['src']} ({s['src_format']}) "
+          f"{s['with_reasoning']} with reasoning{mask}) from {s['src']} ({s['src_format']}) "
           f"to {s['dst']} ({s['dst_format']}, {s['fps']:g} fps) in {s['seconds']:.1f} s")
     return 0
 
