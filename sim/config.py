@@ -50,6 +50,12 @@ class SimConfig:
             collection: random training tables kept clear of the held-out colours, see
             :func:`sim.randomization.procedural_background`; the ``unseen_backgrounds`` split keeps
             its presets). Only the table changes: objects, lights and camera are the same scene.
+        rolling_friction: object contacts with ``condim`` 6 (sliding + torsional + rolling
+            friction, coefficients from a published rolling-resistance figure, see
+            :func:`sim.mjcf.contact_friction`), so a pushed ball or lying cylinder slows and stops as
+            on a real table. Off by default: the shipped checkpoint was trained and its success
+            rates measured with the ``condim`` 4 contacts (no rolling resistance); turn it on with
+            the next re-collection / retraining.
     """
 
     n_objects: tuple[int, int] = (4, 10)
@@ -68,6 +74,7 @@ class SimConfig:
     terminate_on_success: bool = True
     render_observations: bool = True
     table_appearance: str = "presets"
+    rolling_friction: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -17,6 +17,63 @@ HEAD_CAM_FOVY = 50.0
 WRIST_CAM_POS = np.array([-0.04, -0.12, 0.0])
 WRIST_CAM_LOOKAT = np.array([0.0, 0.0, 0.2])
 
+#: Rolling-resistance coefficient c_rr (dimensionless: resisting force / normal force) of the
+#: objects on the table with ``SimConfig.rolling_friction``. Published figures: hard (steel) balls on
+#: hard surfaces 1e-4 .. 1e-3 (R. Cross, "Coulomb's law for rolling friction", Am. J. Phys. 84, 221
+#: (2016); Minkin & Sikes, "Coefficient of rolling friction - Lab experiment", Am. J. Phys. 86, 77
+#: (2018)), softer balls / surfaces up to ~1e-2 (R. Cross, "Measurements of rolling friction with a
+#: stringless pendulum"; billiard balls on cloth ~1e-2). Plastic / wooden toys on a wooden or
+#: laminate table sit in between: 5e-3.
+ROLLING_RESISTANCE = 0.005
+#: MuJoCo's torsional friction is a length (max spin torque = value x normal force). For a contact
+#: patch of radius a under uniform pressure the spin torque is (2/3) mu a N; mu ~ 1 and a ~ 3 mm
+#: (a rigid toy on a wooden table) give 2e-3 m. Flat faces get several contact points, whose sliding
+#: friction already resists spinning.
+TORSION_LENGTH = 0.002
+
+
+def rolling_radius(obj: ObjectSpec) -> float:
+    """Radius (m) the object rolls on when it rolls: the sphere, the (lying) cylinder or capsule,
+    the ellipsoid's smallest semi-axis, a dumbbell's end spheres; boxes and prisms (which tip
+    rather than roll) get their smallest half-extent."""
+    s = obj.size
+    if "end_radius" in s:
+        return float(s["end_radius"])
+    if "radius" in s:
+        return float(s["radius"])
+    if "axes" in s:
+        return float(min(s["axes"]))
+    if "half" in s:
+        return float(min(s["half"]))
+    if "side" in s:
+        return float(s["side"]) / (2 * math.sqrt(3))  # inradius of the triangle
+    return float(min(s.get("bottom", obj.height / 2), obj.height / 2))
+
+
+def contact_friction(obj: ObjectSpec, config: SimConfig) -> tuple[int, tuple[float, float, float]]:
+    """``(condim, (sliding, torsional, rolling))`` of an object's geoms.
+
+    Default (``rolling_friction=False``, the physics the shipped checkpoint was measured with):
+    condim 4, i.e. sliding + torsional friction and no rolling resistance, so a ball pushed on the
+    table rolls until it falls off. With ``rolling_friction``: condim 6 and a rolling length
+    ``ROLLING_RESISTANCE x rolling_radius`` (MuJoCo's rolling friction is a length: resisting
+    torque = value x normal force; a resisting force c_rr N at radius r is the torque c_rr r N).
+    MuJoCo takes the larger value of the two geoms per coefficient, so the table's torsional and
+    rolling values are 0 with this option (:func:`table_geom_xml`); the hand keeps its own.
+    """
+    if not config.rolling_friction:
+        return 4, (obj.friction, 0.02, 0.001)
+    return 6, (obj.friction, TORSION_LENGTH, ROLLING_RESISTANCE * rolling_radius(obj))
+
+
+def table_geom_xml(config: SimConfig, pos=None, size=None) -> str:
+    """The table geom (``pos``/``size`` override the scene table, e.g. a longer test table)."""
+    pos = f"{TABLE_CENTER[0]} {TABLE_CENTER[1]} {-TABLE_HALF[2]}" if pos is None else _fmt(pos)
+    size = TABLE_HALF if size is None else size
+    friction = "0.8 0 0" if config.rolling_friction else "0.8 0.01 0.001"
+    return (f'<geom name="table" type="box" pos="{pos}" size="{_fmt(size)}" material="table_mat" '
+            f'contype="1" conaffinity="1" condim="3" friction="{friction}"/>')
+
 
 def _fmt(v) -> str:
     return " ".join(f"{float(x):.6g}" for x in v)
@@ -39,7 +96,7 @@ def _yaw_quat(yaw: float) -> str:
     return _fmt((math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)))
 
 
-def _mesh_assets(obj: ObjectSpec) -> str:
+def mesh_assets(obj: ObjectSpec) -> str:
     """Inline convex meshes for the non-primitive shapes (no files needed)."""
     s = obj.size
     if obj.shape == "hex_prism":
@@ -57,9 +114,11 @@ def _mesh_assets(obj: ObjectSpec) -> str:
     return f'<mesh name="{obj.name}_mesh" vertex="{_fmt(np.ravel(v))}"/>\n'
 
 
-def _object_geoms(obj: ObjectSpec) -> str:
+def object_geoms(obj: ObjectSpec, config: SimConfig) -> str:
+    """The MJCF geoms of one object (contact parameters from :func:`contact_friction`)."""
     s, rgba = obj.size, _fmt((*obj.rgb, 1.0))
-    common = (f'rgba="{rgba}" condim="4" friction="{obj.friction:.4g} 0.02 0.001" '
+    condim, fr = contact_friction(obj, config)
+    common = (f'rgba="{rgba}" condim="{condim}" friction="{fr[0]:.4g} {fr[1]:.4g} {fr[2]:.4g}" '
               f'contype="1" conaffinity="1" solref="0.004 1"')
     if obj.shape == "box":
         return f'<geom type="box" size="{_fmt(s["half"])}" mass="{obj.mass:.5g}" {common}/>'
@@ -97,14 +156,14 @@ def build_mjcf(scene: SceneSpec, config: SimConfig) -> str:
     """Return the MJCF XML string of ``scene`` rendered at ``config``'s image size."""
     bg = scene.background
     h, w = config.image_height, config.image_width
-    meshes = "".join(_mesh_assets(o) for o in scene.objects)
+    meshes = "".join(mesh_assets(o) for o in scene.objects)
     lights = "".join(
         f'<light directional="true" pos="0.4 0 2" dir="{_fmt(l.direction)}" diffuse="{_fmt(l.diffuse)}" '
         f'specular="0.1 0.1 0.1" castshadow="{"true" if config.shadows else "false"}"/>\n'
         for l in scene.lights)
     objects = "".join(
         f'<body name="{o.name}" pos="{_fmt(o.pos)}" quat="{_yaw_quat(o.yaw)}">'
-        f'<freejoint name="{o.name}_free"/>{_object_geoms(o)}</body>\n' for o in scene.objects)
+        f'<freejoint name="{o.name}_free"/>{object_geoms(o, config)}</body>\n' for o in scene.objects)
     wrist_xy = look_at_xyaxes(WRIST_CAM_POS, WRIST_CAM_LOOKAT, np.array([0.0, 0.0, -1.0]))
     amb = scene.ambient
     return f"""<mujoco model="dexgrasp_scene_{scene.seed}">
@@ -124,7 +183,7 @@ def build_mjcf(scene: SceneSpec, config: SimConfig) -> str:
   <worldbody>
     {lights}
     <geom name="floor" type="plane" pos="0 0 -0.76" size="3 3 0.1" material="floor_mat" contype="0" conaffinity="0"/>
-    <geom name="table" type="box" pos="{TABLE_CENTER[0]} {TABLE_CENTER[1]} {-TABLE_HALF[2]}" size="{_fmt(TABLE_HALF)}" material="table_mat" contype="1" conaffinity="1" condim="3" friction="0.8 0.01 0.001"/>
+    {table_geom_xml(config)}
     {head_camera_xml(scene)}
     {robot_body_xml(wrist_xy, _fmt(WRIST_CAM_POS))}
     {objects}
