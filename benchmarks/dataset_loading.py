@@ -160,6 +160,7 @@ def machine() -> dict:
 def run(args) -> dict:
     import numpy as np  # noqa: PLC0415
 
+    load_start = os.getloadavg()[0]
     work = args.workdir or tempfile.mkdtemp(prefix="dataset_loading_")
     os.makedirs(work, exist_ok=True)
     try:
@@ -178,7 +179,7 @@ def run(args) -> dict:
                     for m in metrics} for fmt in FORMATS}
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python benchmarks/dataset_loading.py " + " ".join(args.argv),
-            "machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "argv"},
+            "machine": {**machine(), "loadavg_1min_start_end": [load_start, os.getloadavg()[0]]}, "settings": {k: v for k, v in vars(args).items() if k != "argv"},
             "data": {k: v for k, v in data.items() if k != "paths"}, "results": results, "ratios_vs_zarr": ratios}
 
 
@@ -198,8 +199,10 @@ def print_table(report: dict) -> None:
         print(f"{fmt:<9}{cells}{d['disk_mb'][fmt]:>10.1f}{d['convert_s'][fmt]:>9.1f}")
     print(f"write s: zarr = {d['source']} (simulation included), the others = convert from that zarr")
     m = report["machine"]
+    load = m.get("loadavg_1min_start_end")
     print(f"{report['date']}, {m['cpu_count']} CPUs ({m['processor']}), torch {m['torch']} "
-          f"({m['torch_threads']} threads), {m['platform']}")
+          f"({m['torch_threads']} threads), {m['platform']}"
+          + (f", load average {load[0]:.1f} -> {load[1]:.1f} (other processes)" if load else ""))
 
 
 def main(argv=None) -> int:
