@@ -4,7 +4,8 @@
 
 Loopback only unless ``--host`` says otherwise; binding any other address needs the shared token
 in the environment variable ``DEXGRASPVLA_POLICY_TOKEN`` (``--token-env`` names another; the token
-is never given on the command line). See ``docs/policy_server.md`` and
+is never given on the command line). A DexVLA checkpoint is detected from its config: its requests
+carry the language instruction and its replies the generated reasoning (``controller.policy_server.dexvla``). See ``docs/policy_server.md`` and
 :mod:`controller.policy_server.server` for the protocol and the limits.
 """
 from __future__ import annotations
@@ -71,9 +72,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from controller.policy_server.server import PolicyServer, ServedPolicy  # noqa: PLC0415
     from controller.workspace.checkpoint import CheckpointError  # noqa: PLC0415
 
+    from controller.policy.dexvla_runner import is_dexvla_checkpoint  # noqa: PLC0415
+
     try:
-        policy = ServedPolicy.from_checkpoint(args.checkpoint, args.device, args.precision, args.compile,
-                                              num_samples=args.num_samples, max_num_samples=args.max_num_samples)
+        served_cls = ServedPolicy
+        if is_dexvla_checkpoint(args.checkpoint):  # DexVLA: language in the requests, reasoning in the replies
+            from controller.policy_server.dexvla import ServedDexVLAPolicy as served_cls  # noqa: PLC0415,N813
+        policy = served_cls.from_checkpoint(args.checkpoint, args.device, args.precision, args.compile,
+                                            num_samples=args.num_samples, max_num_samples=args.max_num_samples)
     except (CheckpointError, OSError, ValueError) as exc:
         print(f"error: cannot load {args.checkpoint}: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,12 @@ either one. What stays on the client, so that a remote run reproduces an in-proc
   on a CPU -- and sent with the request; ``noise="server"`` leaves it to the server;
 * the temporal ensemble of overlapping chunks (``reset`` / ``consumed`` are local).
 
+A server of a language policy (DexVLA, handshake ``accepts_language: true``) takes the
+instruction with each request (``predict_chunk(raw_obs, language=...)`` or
+:meth:`RemoteChunkPolicy.set_instruction`) and replies with the generated reasoning:
+:attr:`RemoteChunkPolicy.last_reasoning`, or both at once from
+:meth:`RemoteChunkPolicy.predict_with_reasoning`.
+
 Failures: an error reply raises :class:`PolicyServerError` (the connection stays up). A lost
 connection, a reply timeout or a malformed reply drops the connection -- a late reply can never be
 taken for the next request's -- then up to ``reconnect_attempts`` reconnections are tried (delay
@@ -111,6 +117,9 @@ class RemoteChunkPolicy:
         self.stats = {"requests": 0, "replies": 0, "error_replies": 0, "connections": 0, "reconnect_attempts": 0,
                       "bytes_sent": 0, "bytes_received": 0}
         self.last_timing: dict = {}
+        #: language policies: the instruction sent when a call names none, and the last reply's reasoning
+        self.instruction: Optional[str] = None
+        self.last_reasoning = ""
         if noise == "local":
             import torch  # noqa: F401,PLC0415 - imported now: callers seed torch's generator per episode
         if connect:
@@ -210,6 +219,24 @@ class RemoteChunkPolicy:
     def shape_meta(self) -> dict:
         return (self.metadata or self.connect())["shape_meta"]
 
+    @property
+    def accepts_language(self) -> bool:
+        """True when the server's policy takes a language instruction (DexVLA)."""
+        return bool((self.metadata or self.connect()).get("accepts_language"))
+
+    def set_instruction(self, text: str) -> None:
+        """The instruction sent with the following requests (language policies only)."""
+        if not self.accepts_language:
+            raise PolicyServerError("bad_request", f"the server's policy ({self.metadata.get('policy_class')}) "
+                                    "takes no language")
+        self.instruction = str(text)
+
+    def predict_with_reasoning(self, raw_obs: Mapping[str, np.ndarray], language: Optional[str] = None,
+                               noise: Any = None) -> tuple[np.ndarray, str]:
+        """``(chunk float32 (horizon, action_dim), reasoning)`` from a language policy's server."""
+        chunk = self.predict_chunk(raw_obs, noise=noise, language=language)
+        return chunk, self.last_reasoning
+
     def reset(self) -> None:
         """Start a new attempt / episode: forget the chunks kept for temporal ensembling."""
         if self.ensemble is not None:
@@ -230,9 +257,11 @@ class RemoteChunkPolicy:
         return torch.randn(shape, generator=self.generator).numpy()  # the in-process policy's CPU draw
 
     def predict_chunk(self, raw_obs: Mapping[str, np.ndarray], noise: Any = None,
-                      return_attention: bool = False) -> np.ndarray:
+                      return_attention: bool = False, language: Optional[str] = None) -> np.ndarray:
         """Predict one action chunk, float32 (horizon, action_dim), on the server. ``noise``: optional
-        ([num_samples,] horizon, action_dim) (torch or numpy); by default drawn as described above."""
+        ([num_samples,] horizon, action_dim) (torch or numpy); by default drawn as described above.
+        ``language``: the instruction (language policies; default :attr:`instruction`); the reply's
+        reasoning is kept in :attr:`last_reasoning`."""
         if return_attention:
             raise ValueError("attention maps are not available from a policy server")
         from controller.common.shape_meta import OBS_KEYS  # noqa: PLC0415
@@ -248,12 +277,16 @@ class RemoteChunkPolicy:
                    "num_samples": self.num_samples, "request_id": request_id}
         if noise is not None:
             request["noise"] = np.asarray(noise, dtype=np.float32)
+        text = language if language is not None else self.instruction
+        if text is not None:
+            request["language"] = str(text)
         reply = self._round_trip(packb(request), request_id)
         if "error" in reply:
             self.stats["error_replies"] += 1
             err = reply["error"] if isinstance(reply["error"], dict) else {}
             raise PolicyServerError(str(err.get("type", "error")), str(err.get("message", reply["error"])))
         chunk = np.asarray(reply["actions"], dtype=np.float32)
+        self.last_reasoning = str(reply.get("reasoning") or "")
         if self.ensemble is not None:
             chunk = self.ensemble.add(chunk)
         return chunk
@@ -303,6 +336,8 @@ class RemoteChunkPolicy:
         if not isinstance(actions, np.ndarray) or actions.shape != want or not np.all(np.isfinite(actions)):
             raise ProtocolError(f"malformed actions in the reply: expected finite {want}, got "
                                 f"{getattr(actions, 'shape', type(actions).__name__)}")
+        if not isinstance(reply.get("reasoning", ""), str):
+            raise ProtocolError(f"malformed reasoning in the reply: {type(reply['reasoning']).__name__}")
         self.last_timing = reply.get("timing") if isinstance(reply.get("timing"), dict) else {}
         return reply
 

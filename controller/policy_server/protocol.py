@@ -16,9 +16,12 @@ Messages (protocol :data:`PROTOCOL` version :data:`PROTOCOL_VERSION`):
   ``action_dim``, ``state_dim``, ``image_size``, ``obs_keys``, ``max_num_samples``, ``limits``, ...
 * client -> server, a request: ``{"obs": {"right_cam_img": uint8 (H, W, 3), "rgbm": uint8
   (H, W, 4), "right_state": float (13,)}, "noise": optional float32 (horizon, 13) or
-  (num_samples, horizon, 13), "num_samples": optional int, "request_id": optional int or str}``.
+  (num_samples, horizon, 13), "num_samples": optional int, "request_id": optional int or str,
+  "language": optional str (only for a policy that takes language: the handshake then says
+  ``"accepts_language": true``; DexVLA, issue 23)}``.
 * server -> client, the reply: ``{"actions": float32 (horizon, 13), "request_id": ...,
-  "timing": {"decode_ms", "infer_ms", "server_ms"}}`` or ``{"error": {"type": ..., "message": ...},
+  "timing": {"decode_ms", "infer_ms", "server_ms"}}`` (a language policy adds ``"reasoning"``: the
+  text it generated for this chunk) or ``{"error": {"type": ..., "message": ...},
   "request_id": ...}``. An error reply leaves the connection usable.
 """
 from __future__ import annotations
@@ -50,8 +53,9 @@ ALLOWED_DTYPES = frozenset({"|b1", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u
 MAX_NDIM = 4
 IMAGE_KEYS = {"right_cam_img": 3, "rgbm": 4}
 STATE_KEY = "right_state"
-REQUEST_KEYS = frozenset({"obs", "noise", "num_samples", "request_id"})
+REQUEST_KEYS = frozenset({"obs", "noise", "num_samples", "request_id", "language"})
 MAX_REQUEST_ID_CHARS = 128
+MAX_LANGUAGE_CHARS = 1024   # longest instruction a request may carry
 _MAX_STR = 1 << 16          # longest string in a message
 _MAX_CONTAINER = 1 << 12    # most items in one list / map
 _TOKEN_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -170,12 +174,14 @@ def decode_arrays(node: Any, where: str = "message") -> Any:
 
 # ---------------------------------------------------------------------------------------- requests
 class Request:
-    """A validated request: raw observation arrays, optional noise, samples and request id."""
+    """A validated request: raw observation arrays, optional noise, samples, request id and language."""
 
-    __slots__ = ("obs", "noise", "num_samples", "request_id")
+    __slots__ = ("obs", "noise", "num_samples", "request_id", "language")
 
-    def __init__(self, obs: dict, noise: Optional[np.ndarray], num_samples: int, request_id: Any) -> None:
+    def __init__(self, obs: dict, noise: Optional[np.ndarray], num_samples: int, request_id: Any,
+                 language: Optional[str] = None) -> None:
         self.obs, self.noise, self.num_samples, self.request_id = obs, noise, num_samples, request_id
+        self.language = language
 
 
 def peek_request_id(msg: Any) -> Any:
@@ -216,6 +222,9 @@ def parse_request(msg: Any, shape_meta: Mapping, *, max_image_pixels: int, max_n
     k = msg.get("num_samples", default_num_samples)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_num_samples:
         raise RequestError("bad_request", f"num_samples must be an integer in [1, {max_num_samples}], got {k!r}")
+    language = msg.get("language")
+    if language is not None and (not isinstance(language, str) or len(language) > MAX_LANGUAGE_CHARS):
+        raise RequestError("bad_request", f"language must be a string of at most {MAX_LANGUAGE_CHARS} characters")
     obs_msg = msg.get("obs")
     if not isinstance(obs_msg, dict):
         raise RequestError("bad_request", "a request needs 'obs', a map of observation arrays")
@@ -251,7 +260,7 @@ def parse_request(msg: Any, shape_meta: Mapping, *, max_image_pixels: int, max_n
                                             f"{noise.dtype} {list(noise.shape)}")
         if not np.all(np.isfinite(noise)):
             raise RequestError("bad_noise", "noise: contains NaN/inf")
-    return Request(obs, noise, int(k), rid)
+    return Request(obs, noise, int(k), rid, language)
 
 
 def error_reply(kind: str, message: str, request_id: Any = None) -> dict:
@@ -262,12 +271,14 @@ def error_reply(kind: str, message: str, request_id: Any = None) -> dict:
 # ---------------------------------------------------------------------------------------- metadata
 def build_metadata(*, shape_meta: Mapping, model_id: str, checkpoint_sha256: Optional[str], policy_class: str,
                    device: str, precision: str, max_num_samples: int, default_num_samples: int,
-                   max_message_bytes: int, max_image_pixels: int, max_clients: int, token_required: bool) -> dict:
-    """The handshake map the server sends on every new connection."""
+                   max_message_bytes: int, max_image_pixels: int, max_clients: int, token_required: bool,
+                   accepts_language: bool = False) -> dict:
+    """The handshake map the server sends on every new connection (``accepts_language``: only
+    present, as true, for a policy whose requests carry an instruction)."""
     from controller.common.shape_meta import (OBS_KEYS, action_dim_of, action_horizon_of, image_size_of,
                                               state_dim_of, validate_shape_meta)
 
-    return {
+    meta = {
         "protocol": PROTOCOL, "protocol_version": PROTOCOL_VERSION,
         "model_id": model_id, "checkpoint_sha256": checkpoint_sha256, "policy_class": policy_class,
         "shape_meta": validate_shape_meta(shape_meta), "obs_keys": list(OBS_KEYS),
@@ -279,6 +290,9 @@ def build_metadata(*, shape_meta: Mapping, model_id: str, checkpoint_sha256: Opt
                    "max_clients": int(max_clients)},
         "token_required": bool(token_required),
     }
+    if accepts_language:
+        meta["accepts_language"] = True
+    return meta
 
 
 def check_metadata(meta: Any) -> dict:

@@ -23,6 +23,11 @@ Security and limits (all arguments of :class:`PolicyServer`):
   dropped, which frees its slot.
 
 ``GET /healthz`` answers ``OK`` without a token (it reveals nothing).
+
+A policy whose ``info()`` says ``accepts_language: True`` (DexVLA:
+:class:`controller.policy_server.dexvla.ServedDexVLAPolicy`) is called as
+``predict(obs, noise, num_samples, language) -> (actions, reasoning)`` and its replies carry
+``reasoning``; a request with ``language`` to any other policy gets a ``bad_request`` reply.
 """
 from __future__ import annotations
 
@@ -200,13 +205,21 @@ class PolicyServer:
             req = parse_request(msg, self.policy.shape_meta, max_image_pixels=self.max_image_pixels,
                                 max_num_samples=meta["max_num_samples"],
                                 default_num_samples=meta["default_num_samples"])
+            language = bool(meta.get("accepts_language"))  # a language policy: predict -> (actions, reasoning)
+            if req.language is not None and not language:
+                raise RequestError("bad_request", f"this server's policy ({meta.get('policy_class')}) takes no "
+                                                  "language; send no 'language'")
             t1 = time.perf_counter()
-            actions = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.policy.predict, req.obs, req.noise, req.num_samples)
+            args = (req.obs, req.noise, req.num_samples) + ((req.language,) if language else ())
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, self.policy.predict, *args)
             t2 = time.perf_counter()
-            return packb({"actions": actions, "request_id": request_id,
-                          "timing": {"decode_ms": (t1 - t0) * 1e3, "infer_ms": (t2 - t1) * 1e3,
-                                     "server_ms": (time.perf_counter() - t0) * 1e3}})
+            actions, reasoning = result if language else (result, None)
+            reply = {"actions": actions, "request_id": request_id,
+                     "timing": {"decode_ms": (t1 - t0) * 1e3, "infer_ms": (t2 - t1) * 1e3,
+                                "server_ms": (time.perf_counter() - t0) * 1e3}}
+            if language:
+                reply["reasoning"] = str(reasoning)
+            return packb(reply)
         except RequestError as exc:
             self.stats["error_replies"] += 1
             LOG.info("refused request %r: %s: %s", request_id, exc.kind, exc)
