@@ -111,18 +111,6 @@ def bench_loader(ds, workers: int, batch_size: int, n_batches: int, seed: int) -
     return n / elapsed, first
 
 
-def _fork_safe() -> None:
-    """Close the LeRobot video decoders this process opened before DataLoader workers are forked.
-
-    Workaround: a worker that inherits open PyAV decoders hangs when it drops them (libswscale
-    joins slice threads that do not exist in the child; seen with PyAV 16 / FFmpeg 8)."""
-    try:
-        from controller.dataset.formats.video_io import clear_decoder_cache  # noqa: PLC0415
-    except ImportError:  # pragma: no cover
-        return
-    clear_decoder_cache()
-
-
 def measure(paths: dict, args) -> dict:
     """Every figure for every format, ``--repeats`` interleaved rounds (format order rotated each
     round, so background load hits all formats alike); the median of the rounds is kept."""
@@ -138,8 +126,6 @@ def measure(paths: dict, args) -> dict:
             runs[fmt].setdefault("getitem", []).append(bench_getitem(datasets[fmt], idx))
         for w in args.workers:
             for fmt in order:
-                if w > 0:
-                    _fork_safe()
                 sps, first = bench_loader(datasets[fmt], w, args.batch_size, args.batches, args.seed + r)
                 runs[fmt].setdefault(f"loader w{w}", []).append(sps)
                 runs[fmt].setdefault(f"first batch s w{w}", []).append(first)
