@@ -7,10 +7,12 @@ Random weights, nothing downloaded. Per preset (batch 1 for inference, ``--train
 training; the policy as ``train.py policy=<preset> task=sim_grasp`` builds it):
 
 * **predict_action split** (median over ``--repeats`` after a warm-up): reasoning generation
-  (greedy, KV cache, the preset's token limit; includes the prompt prefill), VLM encode alone (the
-  prompt pass without generation, what ``use_reasoning=false`` costs), expert sampling (the preset's
-  DDIM steps, condition embedded once), and the whole ``predict_action``;
-* **straightforward vs ours**, in the same run, with equal outputs checked:
+  (``generate_reasoning``: greedy, KV cache, the preset's token limit; includes the processor and
+  the prompt prefill), VLM encode alone (processor + prompt pass without generation, what
+  ``use_reasoning=false`` costs), the processor alone (image resizing/patching + tokenizer), expert
+  sampling (the preset's DDIM steps, condition embedded once), and the whole ``predict_action``;
+* **straightforward vs ours**, in the same run (called alternately, so load changes on a shared
+  machine hit both), with equal outputs checked:
   generation without the KV cache (``use_cache=False``: every step re-runs the vision tower and the
   whole sequence) vs with it -- ratio, tokens equal, max |difference| of the generated tokens'
   hidden states; expert sampling recomputing the condition (``combine`` MLP + ``cond_obs_emb``)
@@ -82,6 +84,21 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
+
+
+def timed_pair(fn_a: Callable[[], Any], fn_b: Callable[[], Any], repeats: int):
+    """Like :func:`timed` for two functions called alternately (A, B, A, B, ...), so that a change
+    of load on a shared machine hits both: ``(median A, last A result, median B, last B result)``."""
+    out_a, out_b = fn_a(), fn_b()
+    ta, tb = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out_a = fn_a()
+        t1 = time.perf_counter()
+        out_b = fn_b()
+        ta.append(t1 - t0)
+        tb.append(time.perf_counter() - t1)
+    return statistics.median(ta), out_a, statistics.median(tb), out_b
 
 
 def generate_tokens(bb, inputs: Dict[str, torch.Tensor], n: int, use_cache: bool):
@@ -168,13 +185,14 @@ def run_preset(preset: str, args) -> Dict[str, Any]:
         res["generation_s"], gen = timed(lambda: bb.generate_reasoning(imgs, instr), args.repeats)
         res["reasoning_text"] = gen["text"][0]
         res["encode_s"], enc = timed(lambda: bb.encode(imgs, instr), args.repeats)
+        res["preprocess_s"], _ = timed(lambda: bb.prompt_inputs(imgs, instr), args.repeats)  # processor only
         res["prompt_tokens"] = int(enc["prompt_mask"].sum())
         with torch.no_grad():
             cond = policy.condition(gen["prompt_hidden"], gen["prompt_mask"], gen["reasoning_hidden"],
                                     gen["reasoning_mask"])                                  # (1, D)
         inputs = bb.prompt_inputs(imgs, instr)
-        t_nc, (tok_nc, hid_nc) = timed(lambda: generate_tokens(bb, inputs, n, False), args.repeats)
-        t_c, (tok_c, hid_c) = timed(lambda: generate_tokens(bb, inputs, n, True), args.repeats)
+        t_nc, (tok_nc, hid_nc), t_c, (tok_c, hid_c) = timed_pair(
+            lambda: generate_tokens(bb, inputs, n, False), lambda: generate_tokens(bb, inputs, n, True), args.repeats)
         res["generation_compare"] = {
             "no_kv_cache_s": t_nc, "kv_cache_s": t_c, "speedup": t_nc / t_c, "generated_tokens": int(tok_c.shape[1]),
             "tokens_equal": bool(torch.equal(tok_nc, tok_c)),
@@ -184,8 +202,9 @@ def run_preset(preset: str, args) -> Dict[str, Any]:
         with torch.no_grad():
             cond = policy.stage1_cond(obs, 1)
     steps = ex.num_inference_steps
-    res["expert_sampling_s"], a_once = timed(lambda: ex.sample(cond, state, noise=noise), args.repeats)
-    t_re, a_re = timed(lambda: sample_recomputing_condition(ex, cond, state, noise, steps), args.repeats)
+    t_re, a_re, res["expert_sampling_s"], a_once = timed_pair(
+        lambda: sample_recomputing_condition(ex, cond, state, noise, steps),
+        lambda: ex.sample(cond, state, noise=noise), args.repeats)
     res["expert_compare"] = {"condition_every_step_s": t_re, "condition_once_s": res["expert_sampling_s"],
                              "speedup": t_re / res["expert_sampling_s"],
                              "max_abs_diff": float((a_re - a_once).abs().max())}
@@ -199,17 +218,20 @@ def fmt_table(rows: List[Dict[str, Any]]) -> str:
     def ms(v):
         return f"{v * 1e3:9.1f}" if isinstance(v, (int, float)) else f"{'-':>9}"
 
-    head = (f"{'preset':14} {'params(M)':>9} {'train(M)':>9} {'predict':>9} {'gen(kv)':>9} {'gen(nokv)':>9} "
+    head = (f"{'preset':14} {'params(M)':>9} {'train(M)':>9} {'predict':>9} {'reason':>9} {'prep':>9} "
+            f"{'gen(kv)':>9} {'gen(nokv)':>9} "
             f"{'x':>5} {'encode':>9} {'expert':>9} {'expert*':>9} {'x':>5} {'train':>9} {'GFLOP/chunk':>11}")
     lines = [head, "-" * len(head)]
     for r in rows:
         g, e, p = r.get("generation_compare", {}), r["expert_compare"], r["parameters"]
         lines.append(f"{r['preset']:14} {p['total'] / 1e6:9.2f} {p['trainable_total'] / 1e6:9.2f} "
-                     f"{ms(r['predict_action_s'])} {ms(g.get('kv_cache_s'))} {ms(g.get('no_kv_cache_s'))} "
+                     f"{ms(r['predict_action_s'])} {ms(r.get('generation_s'))} {ms(r.get('preprocess_s'))} "
+                     f"{ms(g.get('kv_cache_s'))} {ms(g.get('no_kv_cache_s'))} "
                      f"{g.get('speedup', float('nan')):5.2f} {ms(r.get('encode_s'))} {ms(r['expert_sampling_s'])} "
                      f"{ms(e['condition_every_step_s'])} {e['speedup']:5.2f} {ms(r['train_step_s'])} "
                      f"{r['flops_per_chunk'] / 1e9:11.3f}")
-    lines.append("times in ms (median); gen(kv)/gen(nokv): reasoning generation with/without the KV cache, x = "
+    lines.append("times in ms (median); reason: generate_reasoning (processor + generation); prep: the processor "
+                 "alone; gen(kv)/gen(nokv): generate() on prepared inputs with/without the KV cache, x = "
                  "ratio; expert: DDIM with the condition embedded once, expert*: recomputed every step; "
                  "train: one training step")
     for r in rows:
