@@ -20,6 +20,7 @@ anything else                                       error: pass ``--to``
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any, Mapping, Optional, Sequence
@@ -110,7 +111,9 @@ def convert(src: str, dst: str, to: Optional[str] = None, options: Any = None,
     if episodes is not None and episodes < 1:
         raise DatasetError(f"--episodes must be >= 1, got {episodes}")
     src_fmt = detect_format(src)
-    source = open_source(src, options=options, fmt=src_fmt)
+    # readers never segment: they read with an empty (or their own) mask, replaced below
+    read_options = dataclasses.replace(options, mask="zeros", mask_key=None) if options.mask == "segment" else options
+    source = open_source(src, options=read_options, fmt=src_fmt)
     missing = [k for k in DEFAULT_KEYS if k not in source]
     if missing:
         raise DatasetError(f"{src}: the {src_fmt} source has no key(s) {missing}; expected {list(DEFAULT_KEYS)} "

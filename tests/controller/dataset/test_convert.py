@@ -224,6 +224,15 @@ def test_mask_segment_on_sim_data(tmp_path):
     s2 = convert(str(src), str(tmp_path / "seg_box.zarr"), options=SourceOptions(mask="segment"), mask_box=box,
                  progress=False)
     assert s2["boxes"] == [tuple(float(v) for v in box)]
+    if "act_h5" in sink_names():   # a foreign format as the source: the reader reads, convert segments
+        h5 = tmp_path / "sim_h5"
+        convert(str(src), str(h5), progress=False)
+        s3 = convert(str(h5), str(tmp_path / "seg_from_h5.zarr"), options=SourceOptions(mask="segment"),
+                     progress=False)
+        got = _episodes(s3["dst"])[0]["rgbm"]
+        np.testing.assert_array_equal(got[..., :3], _episodes(str(src))[0]["rgbm"][..., :3])
+        ious = [(p & q).sum() / max((p | q).sum(), 1) for p, q in zip(a, got[..., 3] > 0)]
+        assert np.mean(ious) > 0.7 and ious[0] > 0.8, ious          # (OpenCV is not bit-deterministic)
     nolang = tmp_path / "nolang.zarr"
     from controller.dataset.writer import ZarrEpisodeWriter
     with ZarrEpisodeWriter(nolang) as w:
@@ -283,3 +292,42 @@ def test_dataset_loading_benchmark_smoke(text_zarr, tmp_path):
     assert set(report["results"]) == {"zarr", "act_h5", "lerobot"}
     assert report["ratios_vs_zarr"]["zarr"]["getitem"] == 1.0 and report["data"]["episodes"] == 2
     assert "lerobot" in res.stdout and "(1.00x)" in res.stdout
+
+
+def test_foreign_act_h5_with_flags(tmp_path):
+    """An ALOHA-style file (cameras top / cam_right_wrist, state and action split in two, a mask image):
+    --camera-map, --state-keys, --action-keys and --mask from-key reach the reader."""
+    import h5py
+    _need("act_h5")
+    src = tmp_path / "aloha"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    eps = []
+    for ep, n in enumerate((5, 4)):
+        top = rng.integers(0, 256, (n, 24, 32, 3), dtype=np.uint8)
+        wrist = rng.integers(0, 256, (n, 24, 32, 3), dtype=np.uint8)
+        seg = np.zeros((n, 24, 32), np.uint8)
+        seg[:, 5:15, 8:20] = 255
+        qpos, action = rng.random((n, 13), dtype=np.float32), rng.random((n, 13), dtype=np.float32)
+        with h5py.File(src / f"episode_{ep}.hdf5", "w") as f:
+            f["observations/images/top"], f["observations/images/cam_right_wrist"] = top, wrist
+            f["observations/images/top_seg"] = seg
+            f["observations/qpos"], f["observations/hand"] = qpos[:, :7], qpos[:, 7:]       # concatenated
+            f["observations/qvel"], f["action_arm"], f["action_hand"] = qpos * 0, action[:, :7], action[:, 7:]
+            f["action"] = action * 0       # the layout's 'action' (detection looks for it); not the one read
+            f["language_raw"] = np.array([f"pick up the cup {ep}".encode()])
+        eps.append((top, wrist, seg, qpos, action))
+    dst = tmp_path / "aloha.zarr"
+    assert convert_main([str(src), str(dst), "--camera-map", "head=top", "wrist=cam_right_wrist",
+                         "--state-keys", "observations/qpos", "hand", "--action-keys", "action_arm", "action_hand",
+                         "--mask", "from-key",
+                         "--mask-key", "top_seg", "--no-progress"]) == 0
+    out = open_source(str(dst))
+    for ep, (top, wrist, seg, qpos, action) in enumerate(eps):
+        got = out.get_episode(ep)
+        np.testing.assert_array_equal(got["rgbm"][..., :3], top[..., ::-1])        # RGB -> BGR
+        np.testing.assert_array_equal(got["rgbm"][..., 3] > 0, seg > 0)
+        np.testing.assert_array_equal(got["right_cam_img"], wrist[..., ::-1])
+        np.testing.assert_array_equal(got["right_state"], qpos)
+        np.testing.assert_array_equal(got["action"], action)
+        assert out.language(ep) == f"pick up the cup {ep}"
