@@ -18,7 +18,8 @@ training; the policy as ``train.py policy=<preset> task=sim_grasp`` builds it):
   hidden states; expert sampling recomputing the condition (``combine`` MLP + ``cond_obs_emb``)
   at every denoising step vs once -- ratio, max |difference| of the chunks (same noise);
 * **FLOPs per chunk** of ``predict_action`` (``torch.utils.flop_counter``: matmuls/convs/attention),
-  so GPU figures can be judged;
+  so GPU figures can be judged; and, always (meta device, nothing allocated), the FLOPs of the
+  ScaleDP-L/H expert per denoising step and per chunk at DexVLA's shapes (the 2B VLM not included);
 * **training step**: ``compute_loss`` (diffusion + LM loss on a reasoning string) + backward + AdamW;
 * **parameters**: backbone (of which vision, of which trainable), projector, expert (ScaleDP,
   reasoning FiLM), trainable total.
@@ -149,6 +150,26 @@ def flops_per_chunk(policy, obs) -> int:
     return int(counter.get_total_flops())
 
 
+def expert_flops_at_paper_shapes(size: str, steps: int = 10) -> Dict[str, Any]:
+    """FLOPs of ScaleDP-``size`` at DexVLA's shapes (D = 1536, 14-D state/action, H = 50, 8 reasoning
+    tokens), counted on the meta device (nothing allocated): condition once + ``steps`` DDIM steps."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from controller.model.scaledp import ScaleDPConfig, ScaleDPExpert
+    with torch.device("meta"):
+        ex = ScaleDPExpert(ScaleDPConfig.preset(size, action_dim=14, state_dim=14, cond_dim=1536, horizon=50))
+        cond, state, x = torch.zeros(1, 1536), torch.zeros(1, 14), torch.zeros(1, 50, 14)
+        reasoning, mask = torch.zeros(1, 8, 1536), torch.ones(1, 8, dtype=torch.bool)
+        with FlopCounterMode(display=False) as c_cond:
+            emb = ex.condition(cond, state, reasoning, mask)                          # (1, W)
+        with FlopCounterMode(display=False) as c_step:
+            ex.model.forward_embedded(x, torch.zeros(1, dtype=torch.long), emb)      # (1, 50, 14)
+    per_step = int(c_step.get_total_flops())
+    return {"size": size, "parameters": count(ex.model), "condition_flops": int(c_cond.get_total_flops()),
+            "flops_per_step": per_step, "ddim_steps": steps,
+            "flops_per_chunk": int(c_cond.get_total_flops()) + steps * per_step}
+
+
 def train_step_time(policy, size: int, B: int, repeats: int) -> float:
     obs = observation(policy, size, B, seed=3)
     H, A = policy.action_horizon, policy.action_dim
@@ -264,11 +285,16 @@ def main(argv=None) -> int:
         print(f"[dexvla_speed] {preset} ...", flush=True)
         rows.append(run_preset(preset, args))
     print(fmt_table(rows))
+    paper = [expert_flops_at_paper_shapes(size) for size in ("L", "H")]
+    for e in paper:
+        print(f"ScaleDP-{e['size']} at DexVLA's shapes (D 1536, H 50, batch 1): {e['parameters'] / 1e6:.1f} M parameters, "
+              f"{e['flops_per_step'] / 1e9:.1f} GFLOP per denoising step, {e['flops_per_chunk'] / 1e9:.0f} GFLOP per "
+              f"chunk ({e['ddim_steps']} DDIM steps; meta device, the VLM not included)")
     if args.out:
         meta = {"torch": torch.__version__, "threads": args.threads, "machine": platform.machine(),
                 "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "repeats": args.repeats}
         with open(args.out, "w") as f:
-            json.dump({"meta": meta, "results": rows}, f, indent=2)
+            json.dump({"meta": meta, "results": rows, "expert_flops_paper_shapes": paper}, f, indent=2)
         print(f"wrote {args.out}")
     return 0
 

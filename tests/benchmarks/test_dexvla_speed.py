@@ -25,3 +25,6 @@ def test_dexvla_speed_tiny(tmp_path, capsys):
     for key in ("predict_action_s", "generation_s", "encode_s", "expert_sampling_s", "train_step_s"):
         assert r[key] > 0
     assert r["flops_per_chunk"] > 0
+    paper = {e["size"]: e for e in json.load(open(out))["expert_flops_paper_shapes"]}
+    assert paper["H"]["flops_per_step"] > paper["L"]["flops_per_step"] > 0
+    assert abs(paper["H"]["parameters"] - 955_861_518) < 1e6   # docs/dexvla.md "Sizes" (14-D, H 50)
