@@ -3,6 +3,9 @@
 Every factor (object shapes, colour palette, table/background appearance, lighting) has a
 ``train`` set and a disjoint held-out set. A split takes all factors from ``train`` except the one
 it names, which comes from the held-out set. :func:`factor_sets` returns the sets for a split.
+The ``dense`` split keeps the training factor sets; what it holds out is the layout: 12 objects
+(training scenes have at most 10), look-alike distractors of the target and its own seed stream
+(``sim.scene``).
 
 For data collection, ``SimConfig(table_appearance="procedural")`` replaces the four training tables
 with :func:`procedural_background`: random colours, textures and contrasts, every colour at least
@@ -141,8 +144,16 @@ class FactorSets:
     lighting: LightingSet
 
 
+def near_colour(name: str, palette: dict) -> str:
+    """The other colour of ``palette`` nearest to colour ``name`` (RGB distance): the colour of a
+    "same shape, near colour" look-alike distractor (red -> orange, blue -> purple, ...)."""
+    ref = np.asarray(palette[name])
+    others = sorted((n for n in palette if n != name), key=lambda n: (float(np.linalg.norm(np.asarray(palette[n]) - ref)), n))
+    return others[0]
+
+
 def factor_sets(split: str) -> FactorSets:
-    """Parameter sets for ``split`` (raises for an unknown split)."""
+    """Parameter sets for ``split`` (raises for an unknown split); ``dense`` uses the training sets."""
     check_split(split)
     return FactorSets(
         shapes=UNSEEN_SHAPES if split == "unseen_objects" else TRAIN_SHAPES,

@@ -4,6 +4,11 @@
 resulting :class:`SceneSpec` into a model. Objects are placed without overlap in stable resting
 poses (elongated primitives lie flat) and the target gets a free ring around it wide enough for
 the hand's fingers.
+
+The ``dense`` split (issue 24 point 5) draws 12 objects with the ``dense`` packing from the training
+factor sets on its own seed stream, and adds two look-alike distractors of the target: one of the
+same colour and another shape, one of the same shape and the nearest other palette colour. No other
+object shares the target's colour and shape, so "grasp the <colour> <shape>" stays unambiguous.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.config import SimConfig, SimConfigError, check_split
-from sim.randomization import TRAIN_BACKGROUNDS, BackgroundPreset, factor_sets, procedural_background
+from sim.randomization import TRAIN_BACKGROUNDS, BackgroundPreset, factor_sets, near_colour, procedural_background
 
 #: Workspace on the table (world metres) and gaps between objects per clutter level.
 WORKSPACE_X = (0.34, 0.66)
@@ -22,6 +27,10 @@ CLUTTER_GAP = {"sparse": 0.04, "normal": 0.015, "dense": 0.004}
 CLUTTER_SCALE = {"sparse": 1.0, "normal": 0.9, "dense": 0.75}
 #: Radius around the target's centre kept free of other objects (finger clearance).
 TARGET_FREE_RADIUS = 0.085
+#: The ``dense`` split: object count (training scenes have at most 10) and the salt of its seed
+#: stream (its scenes differ from every training scene of the same seed).
+DENSE_N_OBJECTS = 12
+DENSE_STREAM = 0xD3E5E
 
 
 @dataclass
@@ -72,6 +81,9 @@ class SceneSpec:
     lights: list[LightSpec]
     ambient: float
     head_cam_offset: tuple[float, ...] = field(default=(0.0,) * 6)  # dx, dy, dz, dyaw, dpitch, droll
+    #: indices of the look-alike distractors (``dense`` split): (same colour, other shape),
+    #: (same shape, near colour); empty for the other splits
+    lookalikes: tuple[int, ...] = ()
 
 
 def _shape_geometry(shape: str, rng: np.random.Generator) -> tuple[dict, float, float, float, float]:
@@ -146,31 +158,41 @@ def sample_scene(seed: int, split: str, config: SimConfig) -> SceneSpec:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SimConfigError(f"seed must be a non-negative int, got {seed!r}")
     sets = factor_sets(split)
-    rng = np.random.default_rng([int(seed), 0x5EED])
+    dense = split == "dense"
+    rng = np.random.default_rng([int(seed), 0x5EED, DENSE_STREAM] if dense else [int(seed), 0x5EED])
     lo, hi = config.n_objects
-    n = int(rng.integers(lo, hi + 1))
+    n = DENSE_N_OBJECTS if dense else int(rng.integers(lo, hi + 1))
     palette_names = sorted(sets.palette)
-    gap, scale = CLUTTER_GAP[config.clutter], CLUTTER_SCALE[config.clutter]
+    clutter = "dense" if dense else config.clutter
+    gap, scale = CLUTTER_GAP[clutter], CLUTTER_SCALE[clutter]
+    lookalikes: tuple[int, ...] = ()
 
     for attempt in range(80):
         # if the packing is infeasible, gradually loosen it (wider area, smaller gaps)
         scale_k = min(scale * (1.0 + 0.02 * attempt), 1.05)
         gap_k = gap * max(0.0, 1.0 - attempt / 40)
         geo, shapes = [], []
-        for _ in range(n):
-            shape = sets.shapes[int(rng.integers(len(sets.shapes)))]
-            shapes.append(shape)
-            geo.append(_shape_geometry(shape, rng))
-        target = int(rng.integers(n))
+        if dense:
+            shapes, target, lookalikes = _dense_shapes(rng, sets.shapes, n)
+            geo = [_shape_geometry(shape, rng) for shape in shapes]
+        else:
+            for _ in range(n):
+                shape = sets.shapes[int(rng.integers(len(sets.shapes)))]
+                shapes.append(shape)
+                geo.append(_shape_geometry(shape, rng))
+            target = int(rng.integers(n))
         xy = _place(rng, [g[1] for g in geo], target, gap_k, scale_k)
         if xy is not None:
             break
     else:  # pragma: no cover - only with absurd n for the table size
         raise SimConfigError(f"could not place {n} objects without overlap; lower n_objects")
 
+    names = [palette_names[int(rng.integers(len(palette_names)))] for _ in shapes] if dense else None
+    if dense:
+        names = _dense_colours(rng, names, shapes, target, lookalikes, sets.palette)
     objects = []
     for i, (shape, (size, fp, height, width, gyaw)) in enumerate(zip(shapes, geo)):
-        cname = palette_names[int(rng.integers(len(palette_names)))]
+        cname = names[i] if dense else palette_names[int(rng.integers(len(palette_names)))]
         base = np.asarray(sets.palette[cname])
         rgb = tuple(float(v) for v in np.clip(base + rng.uniform(-0.04, 0.04, 3), 0, 1))
         yaw = float(rng.uniform(-math.pi, math.pi))
@@ -202,4 +224,32 @@ def sample_scene(seed: int, split: str, config: SimConfig) -> SceneSpec:
     if not config.camera_jitter:
         jitter = (0.0,) * 6
     return SceneSpec(seed=int(seed), split=split, objects=objects, target=target, background=bg,
-                     lights=lights, ambient=ambient, head_cam_offset=jitter)
+                     lights=lights, ambient=ambient, head_cam_offset=jitter, lookalikes=lookalikes)
+
+
+def _dense_shapes(rng: np.random.Generator, shapes: tuple[str, ...], n: int) -> tuple[list[str], int, tuple[int, int]]:
+    """Shapes of a ``dense`` scene, the target index and the two look-alike indices: ``a`` gets
+    another shape than the target (it will get the target's colour), ``b`` the target's shape."""
+    out = [shapes[int(rng.integers(len(shapes)))] for _ in range(n)]
+    target = int(rng.integers(n))
+    a, b = (int(v) for v in rng.choice([i for i in range(n) if i != target], size=2, replace=False))
+    if out[a] == out[target]:
+        others = [s for s in shapes if s != out[target]]
+        out[a] = others[int(rng.integers(len(others)))]
+    out[b] = out[target]
+    return out, target, (a, b)
+
+
+def _dense_colours(rng: np.random.Generator, names: list[str], shapes: list[str], target: int,
+                   lookalikes: tuple[int, int], palette: dict) -> list[str]:
+    """Colour names of a ``dense`` scene: look-alike ``a`` takes the target's colour, ``b`` the
+    nearest other colour; any other object of the target's colour and shape is recoloured."""
+    names = list(names)
+    a, b = lookalikes
+    names[a] = names[target]
+    names[b] = near_colour(names[target], palette)
+    others = [c for c in sorted(palette) if c != names[target]]
+    for i in range(len(names)):
+        if i != target and names[i] == names[target] and shapes[i] == shapes[target]:
+            names[i] = others[int(rng.integers(len(others)))]
+    return names
