@@ -202,8 +202,13 @@ def _viz_step(viz, step: int, obs: dict, chunk) -> None:
 
 def load_policy(checkpoint: str, device: str = "cpu", temporal_ensemble: float | None = None,
                 num_samples: int = 1):
-    """Load the controller's chunk policy lazily (only the evaluator CLI needs torch)."""
+    """Load the controller's chunk policy lazily (only the evaluator CLI needs torch); a DexVLA
+    checkpoint gives a :class:`controller.policy.dexvla_runner.DexVLAChunkPolicy` (language, no mask)."""
     from controller.policy.chunk_runner import ChunkPolicy
+    from controller.policy.dexvla_runner import DexVLAChunkPolicy, is_dexvla_checkpoint
+    if is_dexvla_checkpoint(checkpoint):
+        return DexVLAChunkPolicy.from_checkpoint(checkpoint, device=device, temporal_ensemble=temporal_ensemble,
+                                                 num_samples=num_samples)
     return ChunkPolicy.from_checkpoint(checkpoint, device=device, temporal_ensemble=temporal_ensemble,
                                        num_samples=num_samples)
 

@@ -76,22 +76,23 @@ class _AttemptWriter:
             self.video.close()
 
 
-CAPTION_BAND_PX = 24  # a multiple of 8 (H.264 frame sizes stay aligned)
+CAPTION_BAND_PX = 24  # per 960 frame columns; a multiple of 8 (H.264 frame sizes stay aligned)
 
 
 def caption_band(frame: np.ndarray, text: str) -> np.ndarray:
-    """``frame`` (H, W, 3) with a black band of ``CAPTION_BAND_PX`` rows on top carrying ``text``
-    in white (shrunk to the frame width)."""
+    """``frame`` (H, W, 3) with a black band on top carrying ``text`` in white: ``CAPTION_BAND_PX``
+    rows per 960 columns (at least one band; 48 rows for three 640-wide views), text shrunk to fit."""
     import cv2  # noqa: PLC0415
 
     w = frame.shape[1]
-    band = np.zeros((CAPTION_BAND_PX, w, 3), dtype=np.uint8)
-    scale = 0.4
+    units = max(1, round(w / 960))
+    band = np.zeros((CAPTION_BAND_PX * units, w, 3), dtype=np.uint8)
+    scale = 0.4 * units
     (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     if tw > w - 8:
         scale *= (w - 8) / tw
-    cv2.putText(band, text, (4, CAPTION_BAND_PX - 8), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    cv2.putText(band, text, (4 * units, (CAPTION_BAND_PX - 8) * units), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (255, 255, 255), units, cv2.LINE_AA)
     return np.ascontiguousarray(np.concatenate([band, frame], axis=0))
 
 
