@@ -1,8 +1,9 @@
 """Worker for test_dexvla_multiprocess.py (run by ``torch.distributed.run --nproc_per_node 2``).
 
 FSDP2 (``fully_shard``) of the dexvla_tiny policy on CPU over gloo, wrapped as
-controller/config/accelerate/fsdp_dexvla.yaml wraps it (each Qwen2-VL decoder layer, vision block
-and ScaleDP block, then the root). Two AdamW steps on a different batch per rank; rank 0 repeats
+controller/config/accelerate/fsdp_dexvla.yaml wraps it: the units are chosen by accelerate's own
+auto-wrap policy built from the config file (each Qwen2-VL decoder layer, vision block and ScaleDP
+block), then the root. Two AdamW steps on a different batch per rank; rank 0 repeats
 them on an unsharded copy with the two batches' losses averaged (what FSDP's gradient reduction
 computes) and writes the largest parameter difference, the shard sizes and whether the gathered
 full state dict equals the copy's to ``argv[1]`` (JSON).
@@ -10,6 +11,7 @@ full state dict equals the copy's to ``argv[1]`` (JSON).
 import copy
 import json
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -25,6 +27,23 @@ def batch_for(policy, rank: int):
             "reasoning": ["approach", "lift"]}
 
 
+CONFIG = Path(__file__).resolve().parents[3] / "controller" / "config" / "accelerate" / "fsdp_dexvla.yaml"
+
+
+def wrap_policy_from_config(model, path=CONFIG):
+    """accelerate's FSDP2 auto-wrap policy (module -> bool) for ``model`` from the config file's
+    ``fsdp_config`` (raises accelerate's ValueError when a layer class is not in the model)."""
+    import yaml
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+    c = yaml.safe_load(open(path))["fsdp_config"]
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=c["fsdp_version"], auto_wrap_policy=c["fsdp_auto_wrap_policy"].lower(),
+        transformer_cls_names_to_wrap=c["fsdp_transformer_layer_cls_to_wrap"].split(","),
+        reshard_after_forward=c["fsdp_reshard_after_forward"], state_dict_type=c["fsdp_state_dict_type"])
+    return fsdp2_prepare_auto_wrap_policy(plugin, model)
+
+
 def main(out_path: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -32,11 +51,8 @@ def main(out_path: str) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLDecoderLayer, Qwen2VLVisionBlock
-
     import controller.policy.dexvla_policy  # noqa: F401 - registers DexVLAPolicy
     from controller.model.common.normalizer import LinearNormalizer
-    from controller.model.scaledp.scaledp import ScaleDPBlock
     from tests.controller.conftest import build_policy
 
     policy, _ = build_policy("dexvla_tiny", ["task=sim_grasp", "n_action_steps=16"])  # seeded: same on both ranks
@@ -46,11 +62,11 @@ def main(out_path: str) -> None:
     ref = copy.deepcopy(policy) if rank == 0 else None
     init = {k: v.clone() for k, v in policy.state_dict().items()}
     mesh = init_device_mesh("cpu", (world,))
-    wrapped = 0
-    for m in policy.modules():
-        if isinstance(m, (Qwen2VLDecoderLayer, Qwen2VLVisionBlock, ScaleDPBlock)):
-            fully_shard(m, mesh=mesh)
-            wrapped += 1
+    is_unit = wrap_policy_from_config(policy)
+    units = [m for m in policy.modules() if is_unit(m)]
+    for m in units:
+        fully_shard(m, mesh=mesh)
+    wrapped = len(units)
     fully_shard(policy, mesh=mesh)
     opt = policy.get_optimizer(lr=1e-3, weight_decay=0.0)
     ref_opt = ref.get_optimizer(lr=1e-3, weight_decay=0.0) if ref is not None else None
