@@ -12,6 +12,7 @@
   (the target lifted and held). The reasoning it generated per chunk is kept in the JSON records.
 
     python benchmarks/sim_success.py --columns dexvla --dexvla-checkpoint CKPT --episodes 50
+    python benchmarks/sim_success.py --columns dexvla --dexvla-remote HOST:PORT ...   # a server of one
 
     python benchmarks/sim_success.py --checkpoint CKPT --episodes 50 [--splits train unseen_objects ...]
 
@@ -92,6 +93,8 @@ def main(argv=None) -> int:
     ap = cli_common.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", help="DexGraspVLA controller checkpoint (columns controller / hierarchy*)")
     ap.add_argument("--dexvla-checkpoint", default=None, metavar="CKPT", help="DexVLA checkpoint (column dexvla)")
+    ap.add_argument("--dexvla-remote", default=None, metavar="HOST:PORT",
+                    help="column dexvla: a policy server of a DexVLA checkpoint instead of --dexvla-checkpoint")
     ap.add_argument("--dexvla-num-samples", type=int, default=1,
                     help="column dexvla: chunks per observation, averaged (each runs the VLM; default 1)")
     ap.add_argument("--remote", metavar="HOST:PORT", help="use a policy server instead of --checkpoint")
@@ -124,8 +127,8 @@ def main(argv=None) -> int:
     needs_controller = any(c != "dexvla" for c in args.columns)
     if needs_controller and bool(args.checkpoint) == bool(args.remote):
         ap.error("give --checkpoint or --remote HOST:PORT (unless --merge)")
-    if "dexvla" in args.columns and not args.dexvla_checkpoint:
-        ap.error("--columns dexvla needs --dexvla-checkpoint CKPT")
+    if "dexvla" in args.columns and bool(args.dexvla_checkpoint) == bool(args.dexvla_remote):
+        ap.error("--columns dexvla needs --dexvla-checkpoint CKPT or --dexvla-remote HOST:PORT")
     if args.dexvla_num_samples < 1:
         ap.error(f"--dexvla-num-samples must be >= 1, got {args.dexvla_num_samples}")
 
@@ -167,8 +170,20 @@ def main(argv=None) -> int:
     else:
         policy = ChunkPolicy.from_checkpoint(args.checkpoint, temporal_ensemble=decay, num_samples=n_samples)
         checkpoint = args.checkpoint
-    dexvla = None
-    if "dexvla" in args.columns:
+    dexvla, dexvla_source = None, args.dexvla_checkpoint
+    if "dexvla" in args.columns and args.dexvla_remote:
+        from sim.evaluate import connect_remote
+        try:
+            dexvla = connect_remote(args.dexvla_remote, args.token_env, args.remote_timeout, temporal_ensemble=decay,
+                                    num_samples=args.dexvla_num_samples)
+        except (ValueError, ConnectionError, RuntimeError) as exc:
+            ap.error(str(exc))
+        if not dexvla.accepts_language:
+            ap.error(f"--dexvla-remote {args.dexvla_remote}: the server's policy "
+                     f"({dexvla.metadata.get('policy_class')}) takes no language")
+        dexvla_source = (f"remote {dexvla.url}: {dexvla.metadata['model_id']} "
+                         f"({dexvla.metadata['checkpoint_sha256']})")
+    elif "dexvla" in args.columns:
         from controller.policy.dexvla_runner import DexVLAChunkPolicy
         dexvla = DexVLAChunkPolicy.from_checkpoint(args.dexvla_checkpoint, temporal_ensemble=decay,
                                                    num_samples=args.dexvla_num_samples)
@@ -219,7 +234,7 @@ def main(argv=None) -> int:
                            "records": recs}
         rows[split] = row
 
-    write_report(checkpoint, args.episodes, rows, args.out, dexvla_checkpoint=args.dexvla_checkpoint)
+    write_report(checkpoint, args.episodes, rows, args.out, dexvla_checkpoint=dexvla_source)
     return 0
 
 
@@ -254,10 +269,11 @@ def write_report(checkpoint: str, episodes: int, rows: dict, out_dir: str, dexvl
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": checkpoint, "episodes": episodes, "rows": rows}
-    header = f"Checkpoint: `{checkpoint}`"
+    parts = [f"Checkpoint: `{checkpoint}`"] if checkpoint or not dexvla_checkpoint else []
     if dexvla_checkpoint:
         report["dexvla_checkpoint"] = dexvla_checkpoint
-        header += f"; DexVLA checkpoint: `{dexvla_checkpoint}`"
+        parts.append(f"DexVLA checkpoint: `{dexvla_checkpoint}`")
+    header = "; ".join(parts)
     (out / "sim_success.json").write_text(json.dumps(report, indent=2))
     (out / "sim_success.md").write_text(f"{header}\n\n{table}\n")
     print(f"written: {out / 'sim_success.json'}, {out / 'sim_success.md'}")

@@ -68,7 +68,7 @@ def test_dexvla_column_needs_its_checkpoint(capsys):
     mod = _module()
     with pytest.raises(SystemExit):
         mod.main(["--columns", "dexvla", "--episodes", "1"])
-    assert "--dexvla-checkpoint" in capsys.readouterr().err
+    assert "--dexvla-checkpoint CKPT or --dexvla-remote" in capsys.readouterr().err
 
 
 def test_merge_keeps_dexvla_beside_the_controller(tmp_path):
@@ -86,3 +86,22 @@ def test_merge_keeps_dexvla_beside_the_controller(tmp_path):
     assert merged["checkpoint"] == "ck" and merged["dexvla_checkpoint"] == "dx"
     assert set(merged["rows"]["train"]) == {"controller", "dexvla"}
     assert "controller success (95 % CI) | dexvla success (95 % CI)" in (tmp_path / "m" / "sim_success.md").read_text()
+
+
+def test_dexvla_column_through_a_policy_server(tmp_path):
+    """--dexvla-remote: the instruction travels with each request, the reasoning comes back."""
+    from controller.policy_server.dexvla import ServedDexVLAPolicy
+    from controller.policy_server.server import PolicyServer
+    from tests.controller.dexvla_helpers import make_tiny_dexvla_checkpoint
+
+    mod = _module()
+    served = ServedDexVLAPolicy.from_checkpoint(make_tiny_dexvla_checkpoint(tmp_path), "cpu")
+    out = tmp_path / "table"
+    with PolicyServer(served, "127.0.0.1", 0).running_in_thread() as server:
+        assert mod.main(["--columns", "dexvla", "--dexvla-remote", f"127.0.0.1:{server.port}", "--episodes", "1",
+                         "--splits", "train", "--time-limit", "0.6", "--out", str(out)]) == 0
+        assert server.stats["requests"] >= 1 and server.stats["error_replies"] == 0
+    report = json.loads((out / "sim_success.json").read_text())
+    assert report["dexvla_checkpoint"].startswith("remote ws://127.0.0.1:")
+    rec = report["rows"]["train"]["dexvla"]["records"][0]
+    assert rec["instruction"].startswith("grasp the ") and rec["reasoning"] and all(rec["reasoning"])
