@@ -45,6 +45,8 @@ def build_policy(policy_cfg: Any, skip_backbone_weights: bool = True, where: str
             node = cfg.get("obs_encoder", {}).get(part)
             if node is not None and "local_weights_path" in node:
                 node.local_weights_path = None
+    if cfg.get("init_from") is not None:  # start-up weights of a training run (DexVLA stage chaining):
+        cfg.init_from = None               # the checkpoint being loaded holds every weight itself
     try:
         return instantiate(cfg, POLICY_KINDS, where=where)
     except UnsafeConfigError as exc:

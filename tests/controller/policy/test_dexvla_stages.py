@@ -139,3 +139,24 @@ def test_bad_sources_are_refused(tmp_path):
         _policy(["policy.training_stage=1", f"policy.init_from={foreign}"])
     with pytest.raises(InitFromError, match="init_from_mode must be one of"):
         _policy(["policy.training_stage=1", f"policy.init_from={REPO}", "policy.init_from_mode=bogus"])
+
+
+def test_checkpoint_loads_after_its_init_source_is_gone(chain, tmp_path):
+    """A trained checkpoint holds all its weights: load_policy does not read ``init_from`` again."""
+    import shutil
+    from controller.policy.loading import load_policy
+    from tests.controller.conftest import random_obs
+    runs, _ = chain
+    src = os.path.join(runs[2], "checkpoints", "latest")
+    copy = tmp_path / "stage3"
+    shutil.copytree(os.path.join(runs[3], "checkpoints", "latest"), copy)
+    moved = tmp_path / "moved_source"
+    shutil.move(src, moved)                           # the stage-2 source disappears
+    try:
+        loaded, _ = load_policy(str(copy))
+        out = loaded.predict_action(random_obs(1, 56, 0))
+        assert out["action"].shape == (1, 16, 13)
+        ref = _weights(runs[3])
+        assert all(torch.equal(v, ref[k]) for k, v in loaded.state_dict().items() if k in ref)
+    finally:
+        shutil.move(str(moved), src)
