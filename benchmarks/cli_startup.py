@@ -36,6 +36,7 @@ CLIS: list[tuple[str, list[str], bool]] = [
     ("inference_utils.hand_emulator", ["-m", "inference_utils.hand_emulator"], False),
     ("controller.serve", ["-m", "controller.serve"], False),
     ("controller.dataset.inspect", ["-m", "controller.dataset.inspect"], False),
+    ("controller.dataset.convert", ["-m", "controller.dataset.convert"], False),
     ("controller.dataset.frame_cache", ["-m", "controller.dataset.frame_cache"], False),
     ("controller.export_checkpoint", ["-m", "controller.export_checkpoint"], False),
     ("controller.convert_checkpoint", ["-m", "controller.convert_checkpoint"], False),
@@ -47,6 +48,8 @@ CLIS: list[tuple[str, list[str], bool]] = [
     ("benchmarks/policy_server.py", ["benchmarks/policy_server.py"], False),
     ("benchmarks/perception.py", ["benchmarks/perception.py"], False),
     ("benchmarks/controller_speed.py", ["benchmarks/controller_speed.py"], False),
+    ("benchmarks/dataset_loading.py", ["benchmarks/dataset_loading.py"], False),
+    ("benchmarks/dexvla_speed.py", ["benchmarks/dexvla_speed.py"], False),
     ("benchmarks/cli_startup.py", ["benchmarks/cli_startup.py"], False),
 ]
 

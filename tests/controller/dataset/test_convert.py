@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -193,20 +192,16 @@ def test_damaged_h5_episode_is_named(text_zarr, tmp_path, capsys):
     assert "decoded 1 of 3 episode(s)" in out
 
 
-def test_help_is_fast_and_light():
-    """No reader, codec or torch import before the arguments are parsed (zarr comes with the package)."""
-    # CPU time of the import + parser (wall time on a shared, loaded machine says little)
-    code = ("import sys, time; t=time.process_time(); from controller.dataset.convert import build_parser; "
-            "build_parser().format_help(); print(time.process_time()-t, "
-            "[m for m in ('torch', 'av', 'h5py', 'pyarrow', 'cv2', 'tqdm') if m in sys.modules])")
+def test_help_is_light():
+    """No reader, codec or torch import before the arguments are parsed (zarr comes with the package);
+    the time of ``--help`` is measured by benchmarks/cli_startup.py, not here."""
+    code = ("import sys; from controller.dataset.convert import build_parser; build_parser().format_help(); "
+            "print([m for m in ('torch', 'av', 'h5py', 'pyarrow', 'cv2', 'tqdm') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60).stdout
-    seconds, heavy = out.split(" ", 1)
-    assert heavy.strip() == "[]" and float(seconds) < 1.0, out
-    t0 = time.perf_counter()
+    assert out.strip() == "[]", out
     res = subprocess.run([sys.executable, "-m", "controller.dataset.convert", "--help"], capture_output=True,
                          text=True, cwd=REPO, timeout=60)
     assert res.returncode == 0 and "--mask-box" in res.stdout and "--camera-map" in res.stdout
-    assert time.perf_counter() - t0 < 5.0     # the interpreter's own start-up on a busy machine included
 
 
 def test_mask_segment_on_sim_data(tmp_path):
