@@ -16,7 +16,8 @@ Pipeline (``analyse_scene``):
    dominant table mode) has those pixels removed, so a blotch merged with an object does not
    inflate its box. Thin strips (table edges, checker seams) are dropped.
 
-Each object is named by colour (``vocab.name_colour``), rough shape and position.
+Each object is named by colour (``vocab.name_colour``), shape (``shapes.shape_word``: outline
+corners and aspect) and position.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from planner.server.shapes import shape_word
 from planner.server.vocab import name_colour
 
 _L_W = 0.4  # lightness weight in table distances
@@ -282,20 +284,6 @@ def _table_modes(lab: np.ndarray, max_modes: int = 3) -> list[np.ndarray]:
     return modes
 
 
-def _shape_name(mask_u8: np.ndarray) -> str:
-    contours, _ = cv2.findContours(mask_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return "object"
-    cnt = max(contours, key=cv2.contourArea)
-    area = max(cv2.contourArea(cnt), 1.0)
-    (_, _), (rw, rh), _ = cv2.minAreaRect(cnt)
-    rect_fill = area / max(rw * rh, 1.0)
-    aspect = max(rw, rh) / max(min(rw, rh), 1.0)
-    if aspect > 1.45:
-        return "cube" if rect_fill > 0.9 else "cylinder"
-    return "cube" if rect_fill > 0.86 else "ball"
-
-
 def _split_component(lab: np.ndarray, comp: np.ndarray, params: SegmentationParams,
                      min_area: int) -> list[np.ndarray]:
     """Split a component of two touching objects of different colours: one 2-means split of its
@@ -448,7 +436,7 @@ def analyse_scene(bgr: np.ndarray, params: Optional[SegmentationParams] = None) 
             centroid=(float(xs.mean()), float(ys.mean())),
             lab=(float(med[0]), float(med[1]), float(med[2])),
             colour=name_colour(med),
-            shape=_shape_name(mask_u8),
+            shape=shape_word(mask_u8),
             mask=comp,
         ))
     _crowding(objects, robot, h, w)

@@ -100,15 +100,70 @@ def _where(obj: DetectedObject, scene: SceneAnalysis) -> str:
     return text
 
 
+#: Reach: the object's centre lies on the table region the segmentation found, at least this
+#: fraction of the image width inside its border (objects at or past the table's edge are out of
+#: the arm's comfortable reach, and their outline is unreliable).
+REACH_MARGIN = 0.03
+#: Pixels per metre on the table at normalised image row y, for the nominal head camera (640 px
+#: wide; projection of the simulator's table through it): 671 px/m at y = 0.394 (the far rim of the
+#: arm's workspace), 923 px/m at y = 0.819 (the near rim), linear in between. A robot with another
+#: camera pose needs its own figures (camera calibration, not something the planner learns).
+TABLE_PX_PER_M = ((0.394, 671.0), (0.819, 923.0))
+#: Widest object the open hand can close around (m): the thumb-to-fingertip span of a human-size
+#: dexterous hand is ~10 cm; the simulator's objects are <= 58 mm wide.
+HAND_APERTURE_M = 0.10
+
+
+def in_reach(obj: DetectedObject, scene: SceneAnalysis) -> bool:
+    """Whether the object's centre lies on the table region, :data:`REACH_MARGIN` inside it."""
+    region = scene.table_region
+    if region is None or not region.any():
+        return True
+    margin = max(1, int(REACH_MARGIN * scene.width))
+    dist = cv2.distanceTransform(np.pad(region.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    x = min(max(int(round(obj.centroid[0])), 0), scene.width - 1)
+    y = min(max(int(round(obj.centroid[1])), 0), scene.height - 1)
+    return bool(dist[y, x] >= margin)
+
+
+def width_m(obj: DetectedObject, scene: SceneAnalysis) -> float:
+    """Estimated width (m) of the object across its narrow side: the short side of its outline's
+    minimum-area rectangle over the table's pixel scale at the object's lowest row."""
+    (y0, s0), (y1, s1) = TABLE_PX_PER_M
+    y = obj.bbox[3] / scene.height
+    px_per_m = (s0 + (y - y0) * (s1 - s0) / (y1 - y0)) * scene.width / 640.0
+    pts = cv2.findNonZero(obj.mask.astype(np.uint8))
+    if pts is None:
+        return 0.0
+    (_, _), (rw, rh), _ = cv2.minAreaRect(pts)
+    return float(min(rw, rh)) / max(px_per_m, 1.0)
+
+
+def graspable(obj: DetectedObject, scene: SceneAnalysis) -> bool:
+    """In reach and narrow enough for the open hand (:data:`HAND_APERTURE_M`)."""
+    return in_reach(obj, scene) and width_m(obj, scene) <= HAND_APERTURE_M
+
+
 def choose_next(scene: SceneAnalysis, candidates: list[DetectedObject], max_crowding: float = 0.1) -> Optional[DetectedObject]:
-    """The rightmost candidate that is not hemmed in: at most ``max_crowding`` of the ring around
-    it taken by other objects or the robot (or the rightmost if all are). In the simulator, picks
-    with crowding >= 0.1 were grasped in 18 of 30 attempts against 263 of 327 with a free ring."""
+    """The rightmost candidate the hand can execute, in order of preference:
+
+    1. graspable (:func:`graspable`: centre well inside the table region, narrow enough for the
+       open hand) and not hemmed in (at most ``max_crowding`` of the ring around it taken by other
+       objects or the robot);
+    2. graspable;
+    3. not hemmed in; 4. any candidate.
+
+    In the simulator, picks with crowding >= 0.1 were grasped in 18 of 30 attempts against 263 of
+    327 with a free ring."""
     if not candidates:
         return None
     ordered = sorted(candidates, key=lambda o: -o.centroid[0])
-    free = [o for o in ordered if o.crowding <= max_crowding]
-    return (free or ordered)[0]
+    ok = [o for o in ordered if graspable(o, scene)]
+    for tier in ([o for o in ok if o.crowding <= max_crowding], ok,
+                 [o for o in ordered if o.crowding <= max_crowding]):
+        if tier:
+            return tier[0]
+    return ordered[0]
 
 
 def describe(obj: DetectedObject, scene: SceneAnalysis) -> str:
@@ -254,7 +309,9 @@ def _propose(req: TaskRequest) -> dict[str, Any]:
     others = len(scene.objects) - 1
     return {
         "reasoning": f"{len(scene.objects)} object(s) visible; the {chosen.label} is the rightmost "
-                     f"reachable target (crowding {chosen.crowding:.2f}, {others} other object(s)).",
+                     f"reachable target (crowding {chosen.crowding:.2f}, about {100 * width_m(chosen, scene):.0f} cm "
+                     f"wide, {'in' if in_reach(chosen, scene) else 'outside'} the arm's reach, "
+                     f"{others} other object(s)).",
         "target": chosen.label,
         "instruction": describe(chosen, scene),
     }

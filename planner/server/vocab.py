@@ -149,6 +149,11 @@ def parse_text(text: str) -> ParsedText:
             parsed.depth = "front"
         elif word in ("back", "far", "rear", "behind", "farthest", "furthest"):
             parsed.depth = "back"
+    # "the leftmost red cube, on the right side of the table": the superlative picks among the
+    # twins, the side phrase only says where they are, so the superlative wins
+    superlative = [w for w in words if w in ("rightmost", "leftmost")]
+    if superlative:
+        parsed.horizontal = "right" if superlative[-1] == "rightmost" else "left"
     if parsed.ordinal_from is not None:
         parsed.horizontal = None
     if not parsed.has_filter and ("table" in words or "objects" in words or "things" in words):
