@@ -49,16 +49,17 @@ def _weights(run):
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    """Stage 1, then 2 from 1, then 3 from 2: train.py, 2 steps each."""
+    """Stage 1, then 2 from 1, then 3 from 2: ``train.py --config-name train_dexvla_workspace
+    training.stage=N``, 2 steps each."""
     root = tmp_path_factory.mktemp("stages")
     store = _store(root / "sim.zarr")
     runs, outs = {}, {}
     for stage, parent in ((1, None), (2, 1), (3, 2)):
         runs[stage] = str(root / f"stage{stage}")
-        extra = [f"policy.training_stage={stage}", f"hydra.run.dir={runs[stage]}"]
+        extra = [f"training.stage={stage}", f"hydra.run.dir={runs[stage]}"]
         if parent:
             extra.append(f"policy.init_from={runs[parent]}/checkpoints/latest")
-        res = run_cli(["train.py", *COMMON, f"task.dataset_paths=[{store}]", *TRAIN, *extra], timeout=120)
+        res = run_cli(["train.py", "--config-name", "train_dexvla_workspace", *COMMON, f"task.dataset_paths=[{store}]", *TRAIN, *extra], timeout=120)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         outs[stage] = res.stdout + res.stderr
     return runs, outs

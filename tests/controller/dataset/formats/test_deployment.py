@@ -99,7 +99,7 @@ def test_two_step_training_on_recordings(tmp_path, recordings):
     cfg = compose_cfg(["policy=tiny", "logging.mode=disabled", f"task.dataset_paths=[{path}]",
                        "dataloader.num_workers=0", "dataloader.batch_size=2", "training.num_epochs=1",
                        "training.max_train_steps=2", "training.max_val_steps=1", "task.dataset.val_ratio=0.34",
-                       "training.gen_attn_map=false", "+task.dataset.load_text=true"])
+                       "training.gen_attn_map=false", "task.dataset.load_text=true"])
     out = tmp_path / "run"
     TrainDexGraspVLAControllerWorkspace(cfg, output_dir=str(out)).run()
     meta = json.load(open(os.path.join(out, "checkpoints", "latest", "meta.json")))
