@@ -365,10 +365,15 @@ class TrainDexGraspVLAControllerWorkspace:
 
         policy = acc.unwrap_model(self.model)
         policy.eval()
-        want_attn = bool(self.cfg.training.gen_attn_map) and acc.is_main_process
-        with acc.autocast():
-            out = policy.predict_action(batch["obs"], return_attention=want_attn)
-        pred, record = out if want_attn else (out, None)
+        if "language" in batch:  # a language-conditioned policy (DexVLA): instruction in, chunk + reasoning out
+            want_attn = False
+            with acc.autocast():
+                pred, record = policy.predict_action(batch["obs"], language=batch["language"])["action"], None
+        else:
+            want_attn = bool(self.cfg.training.gen_attn_map) and acc.is_main_process
+            with acc.autocast():
+                out = policy.predict_action(batch["obs"], return_attention=want_attn)
+            pred, record = out if want_attn else (out, None)
         gt = batch["action"]
         valid = (~batch["action_is_pad"].bool()).unsqueeze(-1).float()
         mse = (((pred.float() - gt.float()) ** 2) * valid).sum() / (valid.sum() * gt.shape[-1]).clamp_min(1)

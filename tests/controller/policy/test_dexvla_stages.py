@@ -70,6 +70,8 @@ def test_train_py_runs_stages_1_2_3_and_reports(chain):
     for stage in (1, 2, 3):
         assert os.path.isfile(os.path.join(runs[stage], "checkpoints", "latest", "model.safetensors"))
     assert "init_from" not in outs[1]
+    for stage in (1, 2, 3):  # the workspace's sampling metric runs on DexVLA (instruction from the batch)
+        assert "train_action_mse_error" in outs[stage] or "train_mse" in outs[stage], outs[stage][-2000:]
     assert "mode expert: loaded" in outs[2]
     assert "kept at init (not in source / not mapped): backbone.* (" in outs[2] and "prompt_proj.* (4)" in outs[2]
     assert "unused source tensors: stage1_encoder.* (" in outs[2]
