@@ -117,6 +117,8 @@ class DexVLAPolicy(nn.Module):
             the report is kept in ``self.init_report`` and printed.
         init_from_mode: ``auto`` | ``full`` (strict, stage 2 -> 3) | ``expert`` (``expert.*`` only,
             stage 1 -> 2; every key not loaded is reported).
+        gradient_checkpointing: recompute the ScaleDP blocks' and the Qwen2-VL layers' activations
+            in backward (training only; same gradients, less memory: the 2B presets on GPUs).
     """
 
     def __init__(self, shape_meta: Mapping, backbone: Optional[Mapping[str, Any]] = None,
@@ -125,7 +127,7 @@ class DexVLAPolicy(nn.Module):
                  stage1_condition: str = "encoder", stage1_channels: Sequence[int] = (16, 32, 64),
                  default_instruction: str = "", lora_rank: int = 0,
                  start_ckpt_path: Optional[str] = None, init_from: Optional[str] = None,
-                 init_from_mode: str = "auto") -> None:
+                 init_from_mode: str = "auto", gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.shape_meta = validate_shape_meta(shape_meta, "policy.shape_meta")
         self.action_dim = action_dim_of(self.shape_meta)
@@ -165,6 +167,14 @@ class DexVLAPolicy(nn.Module):
         if unknown:
             raise ValueError(f"policy.expert: unknown keys {sorted(unknown)}")
         self.expert = ScaleDPExpert(cfg, **{k: exp[k] for k in EXPERT_DIFFUSION_KEYS if k in exp})
+        if gradient_checkpointing:  # activations recomputed in backward: the 2B presets on GPUs
+            self.expert.model.gradient_checkpointing = True
+            if self.backbone is not None:
+                model = self.backbone.model  # transformers >= 5 renamed the switch; 4.x has the old name only
+                if hasattr(model, "activation_checkpointing_enable"):
+                    model.activation_checkpointing_enable({"use_reentrant": False})
+                else:
+                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.normalizer = LinearNormalizer()
         self.init_report = None
         if init_from:  # stage chaining: weights of another stage (controller/policy/dexvla_init.py)

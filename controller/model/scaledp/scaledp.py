@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, Tuple, Union
 
 import torch
+import torch.utils.checkpoint
 import torch.nn as nn
 
 from controller.model.diffusion.layers import Mlp, TimestepEmbedder, attention
@@ -170,6 +171,8 @@ class ScaleDP(nn.Module):
         self.cond_obs_emb = nn.Linear(cfg.cond_dim, W)
         self.blocks = nn.ModuleList([ScaleDPBlock(W, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
         self.final_layer = FinalLayer(W, cfg.action_dim)
+        #: recompute block activations in backward (training only): memory for compute, same gradients
+        self.gradient_checkpointing = False
         self.initialize_weights()
 
     @torch.no_grad()
@@ -213,8 +216,12 @@ class ScaleDP(nn.Module):
             raise ValueError(f"chunk of {H} steps exceeds the model horizon {self.config.horizon}")
         h = self.x_embedder(x) + self.pos_embed[:, :H]                                 # (B, H, W)
         c = self.t_embedder(self._timesteps(t, B, x.device)) + obs_emb                 # (B, W)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            h = block(h, c)                                                            # (B, H, W)
+            if recompute:  # keep only block inputs; activations are recomputed in backward
+                h = torch.utils.checkpoint.checkpoint(block, h, c, use_reentrant=False)  # (B, H, W)
+            else:
+                h = block(h, c)                                                        # (B, H, W)
         return self.final_layer(h, c)                                                  # (B, H, A)
 
     def forward(self, x: torch.Tensor, t: Union[torch.Tensor, int, float], cond: torch.Tensor,

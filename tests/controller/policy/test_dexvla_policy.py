@@ -195,3 +195,31 @@ def test_two_training_steps_through_the_workspace(tmp_path):
     assert np.isfinite(metrics["train_loss"]) and workspace.global_step == 2
     assert np.isfinite(workspace.policy.last_loss_terms["lm_loss"])   # the batches carried reasoning
     assert (tmp_path / "run" / "checkpoints" / "latest" / "model.safetensors").is_file()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    """``policy.gradient_checkpointing=true`` recomputes ScaleDP-block and Qwen2-VL-layer activations in
+    backward: loss and every gradient equal the plain run (same weights, same noise draw)."""
+    grads = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        policy, _ = _policy([f"+policy.gradient_checkpointing={str(flag).lower()}"])
+        with torch.no_grad():  # move adaLN-Zero's zero layers off zero so every block gets a gradient
+            g = torch.Generator().manual_seed(1)
+            for n, p in policy.named_parameters():
+                if "adaLN_modulation" in n or "final_layer.linear" in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        assert policy.expert.model.gradient_checkpointing is flag
+        m = policy.backbone.model
+        assert (m.is_activation_checkpointing if hasattr(m, "is_activation_checkpointing")
+                else m.is_gradient_checkpointing) is flag
+        policy.train()
+        torch.manual_seed(123)
+        loss = policy.compute_loss(_batch())
+        loss.backward()
+        grads.append((loss.item(), {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}))
+    (l0, g0), (l1, g1) = grads
+    assert l0 == pytest.approx(l1, rel=1e-6, abs=1e-7)
+    assert g0.keys() == g1.keys() and any(k.startswith("expert.model.blocks.") for k in g0)
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-6, msg=k)
