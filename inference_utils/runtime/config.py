@@ -125,6 +125,16 @@ def validate_config(cfg: DictConfig) -> None:
     _number(cfg, "loop.max_chunks_per_attempt", 1, 100000, integer=True, optional=True)
     _number(cfg, "loop.manual_attempts", 1, 1000, integer=True)
     _number(cfg, "loop.min_mask_pixels", 0, 1e7, integer=True)
+    recovery = OmegaConf.select(cfg, "loop.recovery")
+    if recovery is not None:
+        from inference_utils.runtime.recovery import RecoveryConfig  # noqa: PLC0415
+
+        try:
+            rc = RecoveryConfig.from_mapping(OmegaConf.to_container(recovery, resolve=True))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+        if rc.enabled and OmegaConf.select(cfg, f"robot.poses.{rc.safe_pose}") is None:
+            raise ConfigError(f"loop.recovery.safe_pose: no joint pose robot.poses.{rc.safe_pose}")
     for key in ("camera_head", "camera_wrist", "arm", "hand"):
         section = OmegaConf.select(cfg, f"robot.{key}")
         if not isinstance(section, DictConfig) or not section.get("type"):

@@ -7,6 +7,14 @@ Planner mode::
     the hand rises above ``lift_height_m`` (``max_failed_verifications`` failures end the attempt)
     -> place and return home (success) or open and return home (failure) -> completion check]
 
+Failure recovery (planner mode, ``loop.recovery``, :mod:`inference_utils.runtime.recovery`): a
+grasp that fails or stalls below the lift height (hand closed on nothing, no lift after closing,
+no progress) ends the attempt early; the planner verifies, the hand opens, a scripted back-off
+through the drivers' send path returns to a safe pose, and the loop re-plans (completion check,
+new box and mask) until ``loop.max_attempts``. A long-horizon prompt ("clear the table") repeats
+attempts until the planner's completion check reports nothing left; ``summary.json`` gets
+``objects_asked`` / ``objects_remaining`` from the first and last completion checks.
+
 Manual mode: the box comes from the operator (``--bbox`` or a window); Enter, the time limit or the
 chunk limit ends an attempt; no planner is involved.
 
@@ -27,6 +35,7 @@ from planner.types import PlannerError
 from inference_utils.runtime.agent import Agent
 from inference_utils.runtime.environment import Environment
 from inference_utils.runtime.episode_log import EpisodeLog
+from inference_utils.runtime.recovery import GraspMonitor, RecoveryConfig, back_off
 
 EventSink = Callable[[str, dict], None]
 
@@ -49,6 +58,12 @@ class AttemptOutcome:
     verifications: int = 0
     sim_target_index: Optional[int] = None
     sim_target_lifted: Optional[bool] = None
+    #: recovery: the detector that ended the attempt (empty_hand | no_lift | stalled) or None
+    failure_cause: Optional[str] = None
+    #: recovery: the state-machine transitions of this attempt, in order
+    recovery: list = dataclasses.field(default_factory=list)
+    #: simulator only: ground truth for failure causes (sim.failure_causes), never used by the loop
+    sim_truth: Optional[dict] = None
 
 
 class GraspLoop:
@@ -72,6 +87,23 @@ class GraspLoop:
         self.outcomes: list[AttemptOutcome] = []
         self._planner_errors = 0
         self._viz_step = 0  # live view: control steps of the whole run
+        self.objects_asked: Optional[int] = None      # first completion check: objects remaining
+        self.objects_remaining: Optional[int] = None  # last completion check
+        self.monitor = None
+        rcfg = RecoveryConfig.from_mapping(self.loop_cfg.get("recovery"))
+        if rcfg.enabled and cfg.get("mode", "planner") == "planner":
+            if rcfg.safe_pose not in env.poses:
+                raise ValueError(f"loop.recovery.safe_pose: no pose robot.poses.{rcfg.safe_pose}")
+            self.monitor = GraspMonitor(rcfg, float(self.loop_cfg["lift_height_m"]), log.logger,
+                                        self._on_transition)
+        self._current: Optional[AttemptOutcome] = None
+        self.sim_initial: Optional[dict] = None  # simulator ground truth at the start / end of run_planner
+        self.sim_final: Optional[dict] = None
+
+    def _on_transition(self, record: dict) -> None:
+        if self._current is not None:
+            self._current.recovery.append(record)
+        self.emit("recovery", **record)
 
     def emit(self, name: str, **data: Any) -> None:
         """Notify the event sinks."""
@@ -86,9 +118,14 @@ class GraspLoop:
         initial = self.env.observe().head_bgr                      # (H, W, 3) BGR
         self.log.save_image("initial_head", initial)
         done = self.env.call(lambda: self.agent.check_completion(prompt, initial, initial), "planner")
+        self.objects_asked = self.objects_remaining = _count(done)
+        self.sim_initial = _sim_objects(self.env)
         while not done.done:
             if len(self.outcomes) >= int(self.loop_cfg["max_attempts"]):
+                self.sim_final = _sim_objects(self.env)
                 self.log.logger.warning("stopping after %d attempts (loop.max_attempts)", len(self.outcomes))
+                if self.monitor is not None and self.monitor.state in ("replan", "idle", "backoff"):
+                    self.monitor.to("gave_up", f"loop.max_attempts={self.loop_cfg['max_attempts']} reached")
                 return "max_attempts"
             index = len(self.outcomes)
             head = self.env.observe().head_bgr
@@ -105,6 +142,8 @@ class GraspLoop:
                 self.finish_attempt(outcome.success)
             current = self.env.observe().head_bgr
             done = self.env.call(lambda: self.agent.check_completion(prompt, initial, current), "planner")
+            self.objects_remaining = _count(done)
+        self.sim_final = _sim_objects(self.env)
         self.log.save_image("final_head", self.env.observe().head_bgr)
         info("prompt %r completed: %s", prompt, done.reasoning)
         return "completed"
@@ -141,6 +180,9 @@ class GraspLoop:
         log = self.log
         outcome = AttemptOutcome(index, instruction, target, [round(float(v), 1) for v in box])
         self.outcomes.append(outcome)
+        self._current = outcome
+        if self.monitor is not None and verify and self.monitor.state == "backoff":
+            self.monitor.to("replan", f"new box {outcome.box} for {target!r}")
         self.emit("attempt_start", index=index, box=outcome.box, target=target)
         start = self.env.now()
         log.save_box(f"attempt{index:02d}_box", head, box, target or "")
@@ -156,6 +198,10 @@ class GraspLoop:
             return outcome
         self.agent.start_tracking(head, mask)
         self.agent.controller.start_attempt(outcome.sim_target_index)
+        if self.monitor is not None and verify:
+            self.monitor.start_attempt(index)
+        if session is not None:
+            outcome.sim_truth = _sim_truth_start(session.env, outcome.sim_target_index)
         if self.recorder is not None:
             self.recorder.start_attempt(f"attempt_{index:03d}")
         if self.enter is not None:
@@ -170,6 +216,8 @@ class GraspLoop:
         outcome.duration_s = round(self.env.now() - start, 3)
         if session is not None and outcome.sim_target_index is not None:
             outcome.sim_target_lifted = bool(session.env.object_lifted(outcome.sim_target_index, 0.05))
+        if session is not None and outcome.sim_truth is not None:
+            _sim_truth_update(outcome.sim_truth, session.env, final=True)
         log.logger.info("attempt %d ended: %s (success=%s) after %d chunks / %.1f s", index, outcome.status,
                         outcome.success, outcome.chunks, outcome.duration_s)
         self.emit("attempt_end", **dataclasses.asdict(outcome))
@@ -196,6 +244,9 @@ class GraspLoop:
         lift, margin = float(lc["lift_height_m"]), float(lc["lift_arm_margin_m"])
         armed = env.hand_height() < lift - margin   # verification waits for a descent, then a rise
         failures = 0
+        monitor = self.monitor if verify and self.monitor is not None and self.monitor.state == "approach" else None
+        sent = None
+        session = env.sim_session
         attention = bool(self.cfg.get("gen_attn_map")) and agent.controller.supports_attention
         while not self._limit_reached(outcome, start):
             obs = env.observe()
@@ -214,7 +265,7 @@ class GraspLoop:
                 if self.recorder is not None:
                     rgbm = np.concatenate([obs.head_bgr, (mask.astype(np.uint8) * 255)[..., None]], axis=2)
                     self.recorder.add(obs.wrist_bgr, rgbm, obs.state, chunk[k])
-                env.apply(chunk[k])
+                sent = env.apply(chunk[k])
                 env.tick()
                 outcome.steps += 1
                 armed = armed or env.hand_height() < lift - margin
@@ -222,6 +273,13 @@ class GraspLoop:
             outcome.chunks += 1
             height = env.hand_height()
             self.emit("chunk", index=outcome.index, chunk=outcome.chunks, hand_height=height, armed=armed)
+            if session is not None and outcome.sim_truth is not None:
+                _sim_truth_update(outcome.sim_truth, session.env)
+            if monitor is not None:
+                cause = monitor.update(height, env.state(), None if sent is None else sent[7:], armed)
+                if cause is not None:
+                    self._failed(outcome, cause, instruction, box)
+                    return
             if not (verify and armed and height > lift):
                 continue
             obs = env.observe()
@@ -234,6 +292,8 @@ class GraspLoop:
             outcome.reasoning = result.reasoning
             if result.success:
                 outcome.success, outcome.status = True, "verified"
+                if monitor is not None:
+                    monitor.to("succeeded", "the planner verified the grasp")
                 return
             failures += 1
             if failures >= int(lc["max_failed_verifications"]):
@@ -241,11 +301,48 @@ class GraspLoop:
                 self.log.logger.warning("attempt %d: %d failed verifications, resetting", outcome.index, failures)
                 return
 
+    def _failed(self, outcome: AttemptOutcome, cause: str, instruction: str, box: list) -> None:
+        """A recovery detector fired: record it and (``verify_on_failure``) ask the planner."""
+        outcome.status, outcome.failure_cause = "grasp_failed", cause
+        outcome.reasoning = self.monitor.transitions[-1]["reason"]
+        self.log.logger.warning("attempt %d: grasp failed (%s): %s", outcome.index, cause, outcome.reasoning)
+        if not self.monitor.cfg.verify_on_failure:
+            return
+        self.monitor.to("verify", "asking the planner whether the hand holds the target")
+        obs = self.env.observe()
+        tag = f"attempt{outcome.index:02d}_verify{outcome.verifications}"
+        self.log.save_image(f"{tag}_wrist", obs.wrist_bgr)
+        outcome.verifications += 1
+        result = self.env.call(lambda: self.agent.verify(instruction, obs.head_bgr, obs.wrist_bgr, _as_bbox(box)),
+                               "planner")
+        if result.success:
+            outcome.success, outcome.status, outcome.reasoning = True, "verified", result.reasoning
+            self.monitor.to("succeeded", f"the planner verified the grasp after {cause}")
+        else:
+            outcome.reasoning = f"{outcome.reasoning}; planner: {result.reasoning}"
+
     # ------------------------------------------------------------------ after an attempt
     def finish_attempt(self, place: bool) -> None:
-        """Success: placement pose, open, home. Otherwise: open, home."""
+        """Success: placement pose, open, home. Otherwise: open, home -- with recovery (planner
+        mode) open, then the scripted back-off to ``loop.recovery.safe_pose`` through the send path."""
         env = self.env
         env.hold()
+        monitor = self.monitor
+        if monitor is not None and monitor.state == "succeeded":
+            monitor.to("idle", "object placed" if place else "attempt over")
+        if not place and monitor is not None and monitor.state in ("approach", "grasp", "lifted", "failed",
+                                                                   "verify"):
+            self.log.logger.info("opening the hand and returning home")
+            monitor.to("release", "opening the hand")
+            env.open_hand()
+            pose = monitor.cfg.safe_pose
+            monitor.to("backoff", f"scripted back-off to pose '{pose}' ({monitor.cfg.backoff_s:.1f} s)")
+            back_off(env, pose, monitor.cfg.backoff_s)
+            if pose != "home":
+                env.move_to_pose("home")
+            self._current = None
+            self.emit("home", place=place)
+            return
         if place:
             self.log.logger.info("placing the object and returning home")
             if "via" in env.poses:
@@ -257,6 +354,39 @@ class GraspLoop:
             env.open_hand()
         env.move_to_pose("home")
         self.emit("home", place=place)
+
+
+def _count(check: Any) -> Optional[int]:
+    """Objects the planner's completion check reports as remaining (None if it lists none while not done)."""
+    remaining = list(getattr(check, "remaining", None) or [])
+    return len(remaining) if (remaining or check.done) else None
+
+
+def _sim_objects(env: Any) -> Optional[dict]:
+    """Simulator only: every object's position (m) and lift now (None on the real robot)."""
+    session = env.sim_session
+    if session is None:
+        return None
+    e = session.env
+    return {"pos": [e.object_pose(i)[0].round(4).tolist() for i in range(e.n_objects)],
+            "lift": [round(float(e.object_lift(i)), 4) for i in range(e.n_objects)],
+            "labels": [o.describe() for o in e.scene.objects]}
+
+
+def _sim_truth_start(env: Any, target: Optional[int]) -> dict:
+    """Simulator ground truth at the start of an attempt (positions of every object)."""
+    pos = [env.object_pose(i)[0].round(4).tolist() for i in range(env.n_objects)]
+    return {"target": target, "start_pos": pos, "max_lift": [0.0] * env.n_objects,
+            "end_pos": pos, "end_lift": [0.0] * env.n_objects}
+
+
+def _sim_truth_update(truth: dict, env: Any, final: bool = False) -> None:
+    """Track each object's highest lift during the attempt; at the end, its position and lift."""
+    lifts = [float(env.object_lift(i)) for i in range(env.n_objects)]
+    truth["max_lift"] = [round(max(a, b), 4) for a, b in zip(truth["max_lift"], lifts)]
+    if final:
+        truth["end_pos"] = [env.object_pose(i)[0].round(4).tolist() for i in range(env.n_objects)]
+        truth["end_lift"] = [round(v, 4) for v in lifts]
 
 
 def _as_bbox(box: Sequence[float]) -> Any:

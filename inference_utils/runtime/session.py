@@ -155,6 +155,9 @@ def run_session(cfg: DictConfig, events: Sequence[Callable[[str, dict], None]] =
     summary.update(exit_code=code, outcomes=outcomes, attempts=len(outcomes),
                    objects_grasped=sum(o["success"] for o in outcomes),
                    planner_calls=list(agent.planner_calls) if agent is not None else [],
+                   objects_asked=getattr(loop, "objects_asked", None),
+                   objects_remaining=getattr(loop, "objects_remaining", None),
+                   sim_initial=getattr(loop, "sim_initial", None), sim_final=getattr(loop, "sim_final", None),
                    duration_s=round(time.monotonic() - started, 2))
     log.write_json("summary.json", summary)
     log.close()
