@@ -24,6 +24,14 @@ as separate processes (e.g. one per CPU core) and be combined afterwards::
 
 ``--remote HOST:PORT`` (instead of ``--checkpoint``) asks a policy server (``python -m
 controller.serve``) for the chunks; noise and temporal ensemble stay here (as in-process).
+
+* optional ``clear_table`` (issue 24): "clear the table" on scenes of ``--lh-objects`` (4-8)
+  objects through the runtime itself (planner, perception, controller, failure recovery, scripted
+  transport to the drop zone) until the planner reports completion or ``--lh-max-attempts``;
+  objects cleared / asked, full-prompt success (the rate), attempts per verified grasp and the
+  failure cause of every failed episode from the simulator's ground truth (``sim.long_horizon``)::
+
+    python benchmarks/sim_success.py --checkpoint CKPT --columns clear_table --episodes 5
 """
 from __future__ import annotations
 
@@ -41,6 +49,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from controller.policy import defaults  # noqa: E402 - torch-free; after the repository is on sys.path
 
 SPLITS = ["train", "unseen_objects", "unseen_backgrounds", "unseen_lighting"]
+CAUSES = ("rolled_away", "wrong_object", "missed", "dropped", "refused", "timeout")  # = sim.long_horizon.CAUSES
 
 
 def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split: str, n_execute: int,
@@ -66,7 +75,10 @@ def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split
     mask = segmenter.segment(head, box)
     tracker.start(head, mask)
     mask_ious = [mask_iou(mask, gt_mask)]
-    done, steps = False, 0
+    done, steps, closed = False, 0, False
+    n_obj = env.n_objects
+    start = [env.object_pose(j)[0].tolist() for j in range(n_obj)]
+    max_lift = [0.0] * n_obj
     while not done:
         rgbm = obs["rgbm"] if true_mask else np.concatenate(
             [obs["rgbm"][..., :3], (mask.astype(np.uint8) * 255)[..., None]], axis=2)
@@ -74,6 +86,8 @@ def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split
         executed = 0
         for action in chunk[:n_execute]:
             obs, _, terminated, truncated, info = env.step(action)
+            closed = closed or float(1.0 - np.mean(action[7:12])) >= 0.5  # the runtime's grasp_closure
+            max_lift = [max(m, env.object_lift(j)) for j, m in enumerate(max_lift)]
             mask = tracker.track(obs["rgbm"][..., :3])
             mask_ious.append(mask_iou(mask, obs["rgbm"][..., 3] > 0))
             steps += 1
@@ -82,7 +96,14 @@ def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split
                 done = True
                 break
         policy.consumed(executed)
+    from sim.long_horizon import attempt_cause
+    truth = {"target": chosen, "start_pos": start, "max_lift": max_lift,
+             "end_pos": [env.object_pose(j)[0].tolist() for j in range(n_obj)],
+             "end_lift": [env.object_lift(j) for j in range(n_obj)]}
+    cause = attempt_cause({"success": bool(info["success"]), "sim_truth": truth,
+                           "recovery": [{"to": "grasp"}] if closed else []})
     return {"seed": seed, "success": bool(info["success"]), "steps": steps, "box_iou": float(max(ious)),
+            "cause": cause,
             "chosen": chosen, "designated_target": int(env.scene.target),
             "mask_iou_first": float(mask_ious[0]), "mask_iou_mean": float(np.mean(mask_ious)),
             "instruction": instruction.instruction, "seconds": time.time() - t0}
@@ -107,10 +128,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=100000, help="first scene seed (held out from collection)")
     ap.add_argument("--execute", type=int, default=6)
     ap.add_argument("--columns", nargs="+", default=["controller", "hierarchy"],
-                    choices=["controller", "hierarchy", "hierarchy_true_mask", "dexvla"],
+                    choices=["controller", "hierarchy", "hierarchy_true_mask", "dexvla", "clear_table"],
                     help="hierarchy_true_mask: the planner's object with its ground-truth mask (diagnostic); "
                          "dexvla: a DexVLA checkpoint on the instruction, no mask (--dexvla-checkpoint)")
     ap.add_argument("--time-limit", type=float, default=15.0)
+    ap.add_argument("--lh-objects", type=int, nargs=2, default=(4, 8), metavar=("MIN", "MAX"),
+                    help="column clear_table: objects per scene")
+    ap.add_argument("--lh-max-attempts", type=int, default=12, help="column clear_table: loop.max_attempts")
     ap.add_argument("--temporal-ensemble", default=str(defaults.TEMPORAL_ENSEMBLE_DECAY), metavar="DECAY|off",
                     help="blend overlapping chunks, weights exp(-DECAY * age in steps); 'off' disables "
                          "(default: controller.policy.defaults)")
@@ -131,6 +155,8 @@ def main(argv=None) -> int:
         ap.error("--columns dexvla needs --dexvla-checkpoint CKPT or --dexvla-remote HOST:PORT")
     if args.dexvla_num_samples < 1:
         ap.error(f"--dexvla-num-samples must be >= 1, got {args.dexvla_num_samples}")
+    if "clear_table" in args.columns and not args.checkpoint:
+        ap.error("--columns clear_table runs the runtime on a checkpoint: give --checkpoint")
 
     import torch
     from tqdm import tqdm
@@ -231,16 +257,44 @@ def main(argv=None) -> int:
                            "mean_mask_iou": float(np.mean([r.get("mask_iou_mean", 0.0) for r in recs])),
                            "designated_chosen": int(sum(r.get("chosen") == r.get("designated_target")
                                                         for r in recs)),
+                           "attempts_per_success": (len(recs) / k) if k else None,  # one attempt per scene
+                           "causes": {c: sum(r.get("cause", "timeout") == c for r in recs if not r["success"])
+                                      for c in CAUSES},
                            "records": recs}
+        if "clear_table" in args.columns:
+            row["clear_table"] = clear_table_column(args, split, decay, n_samples)
         rows[split] = row
 
     write_report(checkpoint, args.episodes, rows, args.out, dexvla_checkpoint=dexvla_source)
     return 0
 
 
+def clear_table_column(args, split: str, decay, n_samples: int) -> dict:
+    """Column ``clear_table`` of one split: ``--episodes`` runtime episodes (``sim.long_horizon``)."""
+    import torch
+    from tqdm import tqdm
+
+    from planner.server.app import create_app
+    from planner.server.background import serve_in_thread
+    from sim.long_horizon import column_stats, run_episode
+    te = "null" if decay is None else str(decay)
+    extra = [f"controller.temporal_ensemble={te}", f"controller.num_samples={n_samples}", "controller.device=cpu"]
+    recs, t = [], time.time()
+    with serve_in_thread(create_app()) as base_url:
+        for i in tqdm(range(args.episodes), desc=f"clear_table {split}", unit="ep"):
+            recs.append(run_episode(args.checkpoint, base_url + "/v1", args.seed + i, split,
+                                    Path(args.out) / "clear_table_logs", tuple(args.lh_objects), "clear the table",
+                                    args.lh_max_attempts, args.time_limit, extra))
+    stats = column_stats(recs)
+    attempts = sum(r["attempts"] for r in recs)
+    stats.update(s_per_attempt=(time.time() - t) / max(1, attempts), temporal_ensemble=decay,
+                 num_samples=n_samples, threads=torch.get_num_threads(), objects_range=list(args.lh_objects))
+    return stats
+
+
 def render_table(rows: dict) -> str:
     """Markdown table of ``rows`` ({split: {column: stats}}), then the hierarchy diagnostics."""
-    columns = [c for c in ("controller", "hierarchy", "hierarchy_true_mask", "dexvla")
+    columns = [c for c in ("controller", "hierarchy", "hierarchy_true_mask", "dexvla", "clear_table")
                if any(c in row for row in rows.values())]
     lines = ["| split | " + " | ".join(f"{c} success (95 % CI)" for c in columns) + " | " +
              " | ".join(f"{c} s/attempt" for c in columns) + " |",
@@ -252,13 +306,25 @@ def render_table(rows: dict) -> str:
         lines.append(f"| {split} | " + " | ".join(cells) + " | " + " | ".join(secs) + " |")
     for column in [c for c in columns if c.startswith("hierarchy")]:
         lines += ["", f"Diagnostics of `{column}`:", "",
-                  "| split | mean box IoU | mean mask IoU (perceived vs true) | planner chose the designated target |",
-                  "|---|---|---|---|"]
+                  "| split | mean box IoU | mean mask IoU (perceived vs true) | planner chose the designated target |"
+                  " failure causes |", "|---|---|---|---|---|"]
         for split, row in rows.items():
             if column in row:
                 h = row[column]
+                causes = ", ".join(f"{k} {v}" for k, v in (h.get("causes") or {}).items() if v) or "-"
                 lines.append(f"| {split} | {h['mean_box_iou']:.2f} | {h['mean_mask_iou']:.2f} | "
-                             f"{h['designated_chosen']}/{h['n']} |")
+                             f"{h['designated_chosen']}/{h['n']} | {causes} |")
+    if "clear_table" in columns:  # success above = full-prompt success
+        lines += ["", "Long horizon (`clear_table`, causes of the failed episodes, sim.long_horizon):", "",
+                  "| split | objects cleared / asked | full-prompt success | attempts per success | "
+                  + " | ".join(CAUSES) + " |", "|---|---|---|---|" + "---|" * len(CAUSES)]
+        for split, row in rows.items():
+            if "clear_table" in row:
+                c = row["clear_table"]
+                aps = "-" if c["attempts_per_success"] is None else f"{c['attempts_per_success']:.2f}"
+                lines.append(f"| {split} | {c['objects_cleared']}/{c['objects_asked']} "
+                             f"({c['cleared_rate'] * 100:.1f} %) | {c['successes']}/{c['n']} | {aps} | "
+                             + " | ".join(str(c["causes"][k]) for k in CAUSES) + " |")
     return "\n".join(lines)
 
 

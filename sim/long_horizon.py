@@ -1,0 +1,139 @@
+"""Long-horizon episodes ("clear the table", issue 24 point 4) through the real runtime, and failure
+causes from the simulator's ground truth.
+
+An episode is one ``inference.py`` run (:func:`inference_utils.runtime.session.run_session`) in
+planner mode on a simulated scene: completion check -> propose -> box -> mask -> controller ->
+verification -> scripted transport to the drop zone (``robot.poses.placement``, behind the robot
+and off the table) and release -> completion check ..., with the runtime's failure recovery, until
+the planner reports the prompt complete or ``loop.max_attempts`` attempts were made.
+
+Ground-truth definitions (heights relative to each object's resting height, positions in metres):
+
+* an object is **lifted** in an attempt when it rose >= ``LIFT_M`` (5 cm) at any executed chunk;
+* **cleared**: at the end of the episode the object is below the table top (z < ``OFF_TABLE_Z``)
+  *and* it was lifted in an attempt the planner verified (it was carried to the drop zone);
+  objects asked = every object for "clear the table" (the prompt names no subset);
+* **full-prompt success**: every asked object cleared.
+
+Cause of a failed attempt (first rule that applies):
+
+1. ``wrong_object`` -- another object was lifted >= 5 cm, the attempt's target was not;
+2. ``dropped`` -- the target was lifted >= 5 cm but was < 5 cm up when the attempt ended;
+3. ``rolled_away`` -- the target was never lifted 5 cm and moved >= ``ROLL_M`` (5 cm)
+   horizontally during the attempt, or left the table;
+4. ``missed`` -- the hand closed (recovery state ``grasp`` reached, or a detector fired) but none
+   of the above: the fingers closed beside or above the target;
+5. ``refused`` -- the target was lifted >= 5 cm and still was when the attempt ended, but the
+   planner did not verify the grasp (a false refusal of the verifier);
+6. ``timeout`` -- anything else: the hand never closed before the time/chunk limit, no mask, a
+   planner error.
+
+Cause of a failed episode (episodes that are not full-prompt successes, so the causes sum to the
+failures): ``wrong_object`` if an object outside the asked set was cleared; else the cause of the
+last failed attempt; else ``dropped`` if a verified object is not cleared (it fell back on the
+table during the transport); else ``timeout`` (attempts ran out).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+LIFT_M = 0.05
+ROLL_M = 0.05
+OFF_TABLE_Z = -0.01
+CAUSES = ("rolled_away", "wrong_object", "missed", "dropped", "refused", "timeout")
+
+
+def attempt_cause(outcome: dict) -> Optional[str]:
+    """Cause (:data:`CAUSES`) of a failed attempt from its ``summary.json`` entry; None if it succeeded."""
+    if outcome.get("success"):
+        return None
+    truth = outcome.get("sim_truth")
+    if not truth or truth.get("target") is None:
+        return "timeout"
+    t = int(truth["target"])
+    max_lift = np.asarray(truth["max_lift"], dtype=float)
+    others = [i for i in range(len(max_lift)) if i != t and max_lift[i] >= LIFT_M]
+    if others and max_lift[t] < LIFT_M:
+        return "wrong_object"
+    if max_lift[t] >= LIFT_M:
+        return "dropped" if truth["end_lift"][t] < LIFT_M else "refused"
+    start, end = np.asarray(truth["start_pos"][t]), np.asarray(truth["end_pos"][t])
+    if np.linalg.norm(end[:2] - start[:2]) >= ROLL_M or end[2] < OFF_TABLE_Z:
+        return "rolled_away"
+    closed = outcome.get("failure_cause") or any(r.get("to") == "grasp" for r in outcome.get("recovery", []))
+    return "missed" if closed else "timeout"
+
+
+def episode_summary(summary: dict, asked: Optional[Sequence[int]] = None) -> dict:
+    """Objects asked / cleared, full-prompt success, attempts, per-attempt causes and the episode's
+    cause from a run's ``summary.json`` (see the module docstring)."""
+    outcomes = summary.get("outcomes") or []
+    final = summary.get("sim_final") or summary.get("sim_initial") or {"pos": []}
+    n = len(final["pos"])
+    asked = list(range(n)) if asked is None else list(asked)
+    carried = set()
+    for o in outcomes:
+        truth = o.get("sim_truth") or {}
+        if o.get("success") and truth.get("target") is not None:
+            carried.update(i for i, v in enumerate(truth["max_lift"]) if v >= LIFT_M)
+    off = {i for i, p in enumerate(final["pos"]) if p[2] < OFF_TABLE_Z}
+    cleared = sorted(off & carried)
+    causes = [attempt_cause(o) for o in outcomes]
+    full = bool(asked) and set(asked) <= set(cleared)
+    cause = None
+    if not full:
+        failed = [c for c in causes if c is not None]
+        if set(cleared) - set(asked):
+            cause = "wrong_object"
+        elif failed:
+            cause = failed[-1]
+        elif carried - off:
+            cause = "dropped"
+        else:
+            cause = "timeout"
+    return {"objects": n, "asked": len(asked), "cleared": len([i for i in cleared if i in asked]),
+            "full_success": full, "attempts": len(outcomes),
+            "verified": sum(bool(o.get("success")) for o in outcomes),
+            "attempt_causes": [c for c in causes if c is not None], "cause": cause,
+            "status": summary.get("status"), "sim_seconds": round(sum(o.get("duration_s", 0.0) for o in outcomes), 1)}
+
+
+def run_episode(checkpoint: Optional[str], planner_url: str, seed: int, split: str, out_dir: str | Path,
+                n_objects: tuple[int, int] = (4, 8), prompt: str = "clear the table", max_attempts: int = 12,
+                time_limit_s: float = 15.0, extra: Sequence[str] = ()) -> dict:
+    """One long-horizon episode through the runtime; returns :func:`episode_summary` plus the seed.
+    ``checkpoint=None`` runs the scripted expert as the controller (tests)."""
+    from inference_utils.runtime.config import compose_config  # noqa: PLC0415
+    from inference_utils.runtime.session import run_session  # noqa: PLC0415
+
+    controller = ([f"controller.checkpoint={checkpoint}", "controller.type=policy", f"controller.seed={seed}"]
+                  if checkpoint else ["controller.type=expert"])
+    overrides = ["non_interactive=true", f"prompt={prompt!r}", "robot=sim", "planner=offline",
+                 f"planner.base_url={planner_url}", f"logging.root={out_dir}", f"exp_name={split}_{seed}",
+                 f"sim.seed={seed}", f"sim.split={split}", f"sim.n_objects=[{n_objects[0]},{n_objects[1]}]",
+                 f"loop.max_attempts={max_attempts}", f"robot.attempt_time_limit_s={time_limit_s}",
+                 *controller, *extra]
+    code, summary = run_session(compose_config(overrides), console=False)
+    record = episode_summary(summary)
+    record.update(seed=seed, exit_code=code, log_dir=summary.get("log_dir"), error=summary.get("error"))
+    return record
+
+
+def column_stats(records: list[dict]) -> dict:
+    """The ``clear_table`` column of one split: objects cleared / asked, full-prompt success rate
+    (Wilson 95 %), attempts per verified grasp and the failure causes counted per episode."""
+    from sim.evaluate import wilson_interval  # noqa: PLC0415
+
+    n = len(records)
+    k = sum(r["full_success"] for r in records)
+    asked, cleared = sum(r["asked"] for r in records), sum(r["cleared"] for r in records)
+    verified = sum(r["verified"] for r in records)
+    return {"n": n, "successes": k, "rate": k / n if n else 0.0, "wilson95": list(wilson_interval(k, n)),
+            "objects_asked": asked, "objects_cleared": cleared, "cleared_rate": cleared / asked if asked else 0.0,
+            "attempts_per_success": (sum(r["attempts"] for r in records) / verified) if verified else None,
+            "causes": {c: sum(r["cause"] == c for r in records) for c in CAUSES},
+            "attempt_causes": {c: sum(r["attempt_causes"].count(c) for r in records) for c in CAUSES},
+            "records": records}
