@@ -12,7 +12,9 @@ Ground-truth definitions (heights relative to each object's resting height, posi
 * an object is **lifted** in an attempt when it rose >= ``LIFT_M`` (5 cm) at any executed chunk;
 * **cleared**: at the end of the episode the object is below the table top (z < ``OFF_TABLE_Z``)
   *and* it was lifted in an attempt the planner verified (it was carried to the drop zone);
-  objects asked = every object for "clear the table" (the prompt names no subset);
+  objects asked = every object for "clear the table"; for a prompt naming colours or shapes
+  ("put all the red things away") the objects whose ground-truth label matches them
+  (:func:`asked_objects`, the planner server's own word lists);
 * **full-prompt success**: every asked object cleared.
 
 Cause of a failed attempt (first rule that applies):
@@ -101,6 +103,25 @@ def episode_summary(summary: dict, asked: Optional[Sequence[int]] = None) -> dic
             "status": summary.get("status"), "sim_seconds": round(sum(o.get("duration_s", 0.0) for o in outcomes), 1)}
 
 
+def asked_objects(prompt: str, labels: Optional[Sequence[str]]) -> Optional[list[int]]:
+    """Indices of the objects ``prompt`` asks for, from the scene's ground-truth labels ("red box");
+    None (= every object) when the prompt names no colour or shape, or the labels are unknown."""
+    from planner.server.vocab import parse_text  # noqa: PLC0415
+
+    want = parse_text(prompt)
+    if labels is None or not (want.colours or want.shapes):
+        return None
+    out = []
+    for i, label in enumerate(labels):
+        have = parse_text(label)
+        if want.colours and not set(want.colours) & set(have.colours):
+            continue
+        if want.shapes and not set(want.shapes) & set(have.shapes):
+            continue
+        out.append(i)
+    return out
+
+
 def run_episode(checkpoint: Optional[str], planner_url: str, seed: int, split: str, out_dir: str | Path,
                 n_objects: tuple[int, int] = (4, 8), prompt: str = "clear the table", max_attempts: int = 12,
                 time_limit_s: float = 15.0, extra: Sequence[str] = ()) -> dict:
@@ -117,7 +138,7 @@ def run_episode(checkpoint: Optional[str], planner_url: str, seed: int, split: s
                  f"loop.max_attempts={max_attempts}", f"robot.attempt_time_limit_s={time_limit_s}",
                  *controller, *extra]
     code, summary = run_session(compose_config(overrides), console=False)
-    record = episode_summary(summary)
+    record = episode_summary(summary, asked_objects(prompt, (summary.get("sim_initial") or {}).get("labels")))
     record.update(seed=seed, exit_code=code, log_dir=summary.get("log_dir"), error=summary.get("error"))
     return record
 

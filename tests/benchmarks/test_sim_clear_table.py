@@ -78,3 +78,26 @@ def test_clear_table_column_one_short_episode_per_split(tmp_path):
         assert set(c["causes"]) == set(CAUSES)
     md = (out / "sim_success.md").read_text()
     assert "Long horizon (`clear_table`" in md and "| train |" in md
+
+
+def test_put_all_the_red_things_away_with_the_expert(tmp_path):
+    """A long prompt naming a colour through the runtime (scripted expert as the controller): the
+    red objects are carried to the drop zone one after another, the others stay on the table, and
+    the planner reports the prompt complete."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from planner.server import create_app
+    from planner.server.background import serve_in_thread
+    from sim.long_horizon import run_episode
+
+    with serve_in_thread(create_app(log_dir=tmp_path / "planner")) as url:
+        rec = run_episode(None, url + "/v1", 100000, "train", tmp_path / "logs", n_objects=(5, 5),
+                          prompt="put all the red things away",
+                          extra=["sim.image_height=240", "sim.image_width=320"])
+    assert rec["status"] == "completed" and rec["exit_code"] == 0, rec
+    assert rec["objects"] == 5 and 1 <= rec["asked"] < 5
+    assert rec["cleared"] == rec["asked"] and rec["full_success"] and rec["cause"] is None
+    summary = json.loads((Path(rec["log_dir"]) / "summary.json").read_text())
+    labels, final = summary["sim_initial"]["labels"], summary["sim_final"]["pos"]
+    for label, pos in zip(labels, final):
+        assert (pos[2] < -0.01) == label.startswith("red"), (label, pos)
+    assert summary["objects_asked"] == rec["asked"] and summary["objects_remaining"] == 0
