@@ -17,7 +17,9 @@ Ground-truth definitions (heights relative to each object's resting height, posi
   (:func:`asked_objects`, the planner server's own word lists);
 * **full-prompt success**: every asked object cleared.
 
-Cause of a failed attempt (first rule that applies):
+An attempt **succeeds** when the planner verified it and its target rose >= 5 cm (a planner
+verification of a target that never rose counts as a failure). Cause of a failed attempt (first
+rule that applies):
 
 1. ``wrong_object`` -- another object was lifted >= 5 cm, the attempt's target was not;
 2. ``dropped`` -- the target was lifted >= 5 cm but was < 5 cm up when the attempt ended;
@@ -49,14 +51,16 @@ CAUSES = ("rolled_away", "wrong_object", "missed", "dropped", "refused", "timeou
 
 
 def attempt_cause(outcome: dict) -> Optional[str]:
-    """Cause (:data:`CAUSES`) of a failed attempt from its ``summary.json`` entry; None if it succeeded."""
-    if outcome.get("success"):
-        return None
+    """Cause (:data:`CAUSES`) of a failed attempt from its ``summary.json`` entry; None if it
+    succeeded: verified by the planner *and* its target lifted >= 5 cm (a verification of a
+    target that never rose is a failure, classified like any other)."""
     truth = outcome.get("sim_truth")
     if not truth or truth.get("target") is None:
-        return "timeout"
+        return None if outcome.get("success") else "timeout"
     t = int(truth["target"])
     max_lift = np.asarray(truth["max_lift"], dtype=float)
+    if outcome.get("success") and max_lift[t] >= LIFT_M:
+        return None
     others = [i for i in range(len(max_lift)) if i != t and max_lift[i] >= LIFT_M]
     if others and max_lift[t] < LIFT_M:
         return "wrong_object"
@@ -79,7 +83,7 @@ def episode_summary(summary: dict, asked: Optional[Sequence[int]] = None) -> dic
     carried = set()
     for o in outcomes:
         truth = o.get("sim_truth") or {}
-        if o.get("success") and truth.get("target") is not None:
+        if o.get("success") and truth.get("target") is not None:  # verified: carried to the drop zone
             carried.update(i for i, v in enumerate(truth["max_lift"]) if v >= LIFT_M)
     off = {i for i, p in enumerate(final["pos"]) if p[2] < OFF_TABLE_Z}
     cleared = sorted(off & carried)
@@ -99,6 +103,7 @@ def episode_summary(summary: dict, asked: Optional[Sequence[int]] = None) -> dic
     return {"objects": n, "asked": len(asked), "cleared": len([i for i in cleared if i in asked]),
             "full_success": full, "attempts": len(outcomes),
             "verified": sum(bool(o.get("success")) for o in outcomes),
+            "successes": sum(bool(o.get("success")) and c is None for o, c in zip(outcomes, causes)),
             "attempt_causes": [c for c in causes if c is not None], "cause": cause,
             "status": summary.get("status"), "sim_seconds": round(sum(o.get("duration_s", 0.0) for o in outcomes), 1)}
 
@@ -145,13 +150,14 @@ def run_episode(checkpoint: Optional[str], planner_url: str, seed: int, split: s
 
 def column_stats(records: list[dict]) -> dict:
     """The ``clear_table`` column of one split: objects cleared / asked, full-prompt success rate
-    (Wilson 95 %), attempts per verified grasp and the failure causes counted per episode."""
+    (Wilson 95 %), attempts per successful attempt (verified and lifted) and the failure causes
+    counted per episode (``causes``, sum = failed episodes) and per attempt (``attempt_causes``)."""
     from sim.evaluate import wilson_interval  # noqa: PLC0415
 
     n = len(records)
     k = sum(r["full_success"] for r in records)
     asked, cleared = sum(r["asked"] for r in records), sum(r["cleared"] for r in records)
-    verified = sum(r["verified"] for r in records)
+    verified = sum(r["successes"] for r in records)  # ground truth: verified and the target lifted
     return {"n": n, "successes": k, "rate": k / n if n else 0.0, "wilson95": list(wilson_interval(k, n)),
             "objects_asked": asked, "objects_cleared": cleared, "cleared_rate": cleared / asked if asked else 0.0,
             "attempts_per_success": (sum(r["attempts"] for r in records) / verified) if verified else None,

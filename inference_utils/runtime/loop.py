@@ -7,13 +7,10 @@ Planner mode::
     the hand rises above ``lift_height_m`` (``max_failed_verifications`` failures end the attempt)
     -> place and return home (success) or open and return home (failure) -> completion check]
 
-Failure recovery (planner mode, ``loop.recovery``, :mod:`inference_utils.runtime.recovery`): a
-grasp that fails or stalls below the lift height (hand closed on nothing, no lift after closing,
-no progress) ends the attempt early; the planner verifies, the hand opens, a scripted back-off
-through the drivers' send path returns to a safe pose, and the loop re-plans (completion check,
-new box and mask) until ``loop.max_attempts``. A long-horizon prompt ("clear the table") repeats
-attempts until the planner's completion check reports nothing left; ``summary.json`` gets
-``objects_asked`` / ``objects_remaining`` from the first and last completion checks.
+Failure recovery (planner mode, ``loop.recovery``, :mod:`inference_utils.runtime.recovery`): a grasp
+that fails or stalls below the lift height ends the attempt early; the planner verifies, the hand
+opens, a scripted back-off (drivers' send path) returns to a safe pose, and the loop re-plans until
+``loop.max_attempts``. Long prompts repeat attempts until the completion check reports nothing left.
 
 Manual mode: the box comes from the operator (``--bbox`` or a window); Enter, the time limit or the
 chunk limit ends an attempt; no planner is involved.
@@ -315,7 +312,11 @@ class GraspLoop:
         outcome.verifications += 1
         result = self.env.call(lambda: self.agent.verify(instruction, obs.head_bgr, obs.wrist_bgr, _as_bbox(box)),
                                "planner")
-        if result.success:
+        if result.success and cause == "empty_hand":  # fully closed fingers hold nothing: not trusted
+            outcome.reasoning = f"{outcome.reasoning}; planner verified, overruled by the closed hand"
+            self.log.logger.warning("attempt %d: the planner verified an empty closed hand; treated as failed",
+                                    outcome.index)
+        elif result.success:
             outcome.success, outcome.status, outcome.reasoning = True, "verified", result.reasoning
             self.monitor.to("succeeded", f"the planner verified the grasp after {cause}")
         else:

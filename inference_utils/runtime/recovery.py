@@ -9,14 +9,16 @@ States and transitions (every transition is logged in ``run.log`` and appended t
 ``recovery`` list in ``summary.json``)::
 
     idle ──start_attempt──> approach ──commanded closure >= grasp_closure──> grasp
-    approach/grasp ──palm above loop.lift_height_m after a descent──> lifted ──(loop: planner verification)──> succeeded
+    approach/grasp ──palm above loop.lift_height_m after a descent──> lifted (before the first
+        descent a high palm is no lift: the detectors below keep running, e.g. a stall at home) ──(loop: planner verification)──> succeeded
     approach/grasp ──detector fires──> failed            detectors (first that fires):
         empty_hand: measured finger closure >= empty_closure for empty_chunks chunks in a row
                     while the palm is below the lift height (the hand closed on nothing)
         no_lift:    no_lift_chunks chunks in ``grasp`` without the palm rising above the lift height
         stalled:    the measured state moved less than stall_tol (max |Δ|, normalised units)
                     over stall_chunks chunks, palm below the lift height
-    failed ──> verify (the planner is asked; verified -> succeeded, the loop places the object)
+    failed ──> verify (the planner is asked; verified -> succeeded, the loop places the object --
+        except after empty_hand: fully closed fingers hold nothing, a "verified" is overruled)
     verify / lifted-but-refused / timeout ──> release (hand opened) ──> backoff (scripted joint
         move to robot.poses.<safe_pose> through Environment.apply, i.e. the driver's send path
         and its joint and velocity limits) ──> replan (new completion check, box and mask)
@@ -163,8 +165,8 @@ class GraspMonitor:
             if self.state != "lifted":
                 self.to("lifted", f"palm at {hand_height:.3f} m, above {self.lift:.3f} m")
             return None
-        if self.state == "lifted" or above:
-            return None  # came down again (the loop's verification decides), or not yet descended
+        if self.state == "lifted":
+            return None  # came down again: the loop's verification decides
         commanded = finger_closure(commanded_hand) if commanded_hand is not None else 0.0
         if self.state == "approach" and commanded >= self.cfg.grasp_closure:
             self.to("grasp", f"hand commanded closed ({commanded:.2f})")

@@ -34,6 +34,8 @@ def test_attempt_causes_follow_the_definitions():
     assert attempt_cause(_outcome(False, 0, [0.01, 0.0], still, still, [0, 0])) == "missed"
     assert attempt_cause(_outcome(False, 0, [0.0, 0.0], still, still, [0, 0], closed=False)) == "timeout"
     assert attempt_cause({"success": False, "sim_truth": None}) == "timeout"
+    # verified by the planner but the target never rose: a failure (the verifier accepted a miss)
+    assert attempt_cause(_outcome(True, 0, [0.01, 0.0], still, still, [0, 0])) == "missed"
 
 
 def test_episode_summary_counts_cleared_objects():

@@ -68,6 +68,14 @@ def test_no_lift_and_stall():
     assert causes == [None, None, None, "stalled"] and m.state == "failed"
 
 
+def test_stall_high_before_any_descent_is_detected():
+    """A policy frozen above the lift height before descending (not armed) is a stall, not a lift."""
+    m = _monitor(stall_chunks=3)
+    m.start_attempt(0)
+    causes = [m.update(0.35, _state(OPEN), OPEN, armed=False) for _ in range(4)]
+    assert causes == [None, None, None, "stalled"] and _path(m) == ["approach", "failed"]
+
+
 def test_full_recovery_path_and_illegal_transition():
     m = _monitor(empty_chunks=1)
     m.start_attempt(0)
