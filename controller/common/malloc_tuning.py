@@ -66,6 +66,20 @@ def keep_freed_memory(mmap_threshold: int = MAX_MMAP_THRESHOLD, trim_threshold: 
     return True
 
 
+def release_free_memory() -> bool:
+    """Return the heap's free pages to the kernel (glibc ``malloc_trim(0)``); False elsewhere.
+
+    Building a policy and copying a checkpoint's tensors into it leaves freed blocks between live
+    ones; measured for the paper preset: ~0.17 GB of resident memory that no tensor uses. Called
+    once after loading, before :func:`keep_freed_memory` makes the heap keep what it frees.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.malloc_trim(ctypes.c_size_t(0))
+    return True
+
+
 def applied() -> dict | None:
     """The settings in force in this process (None if :func:`keep_freed_memory` was never applied)."""
     return None if _applied is None else dict(_applied)

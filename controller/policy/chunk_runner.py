@@ -67,6 +67,7 @@ class ChunkPolicy:
                          if temporal_ensemble is not None else None)
         if compile:
             self.policy.compile_for_inference()
+        malloc_tuning.release_free_memory()  # what loading freed goes back before the heap keeps its peak
         if keep_freed_memory:
             malloc_tuning.keep_freed_memory()
 
