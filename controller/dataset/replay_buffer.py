@@ -40,6 +40,7 @@ import zarr
 #: ``data/<key>`` of the per-step reasoning ids (text, not a data key; same name as in writer.py).
 REASONING_ID_KEY = "reasoning_id"
 
+from controller.dataset.episodes import EpisodeArrays
 from controller.dataset.errors import (DATA_GROUP, DEFAULT_KEYS, EPISODE_ENDS_KEY, IMAGE_CHANNELS,
                                        LOW_DIM_DIMS, ChunkError, DatasetError)
 
@@ -481,7 +482,7 @@ def _first_bad_episode(ends: np.ndarray) -> Optional[int]:
     return int(bad[0]) if len(bad) else None
 
 
-class ZarrReplayBuffer:
+class ZarrReplayBuffer(EpisodeArrays):
     """Validated, read-only view of one zarr dataset (see module docstring for the layout).
 
     Use :meth:`open`; ``buffer[key]`` gives a numpy array (low-dim keys) or a
@@ -566,50 +567,6 @@ class ZarrReplayBuffer:
         return cls(path, zarr_format, ends, data, info)
 
     # ------------------------------------------------------------------ accessors
-    @property
-    def episode_ends(self) -> np.ndarray:
-        """(J,) int64 exclusive end step of each episode (read-only)."""
-        return self._episode_ends
-
-    @property
-    def episode_starts(self) -> np.ndarray:
-        """(J,) int64 first step of each episode."""
-        return np.concatenate([[0], self._episode_ends[:-1]]).astype(np.int64)
-
-    @property
-    def episode_lengths(self) -> np.ndarray:
-        """(J,) int64 number of steps of each episode."""
-        return self._episode_ends - self.episode_starts
-
-    @property
-    def n_episodes(self) -> int:
-        return int(len(self._episode_ends))
-
-    @property
-    def n_steps(self) -> int:
-        return int(self._episode_ends[-1]) if len(self._episode_ends) else 0
-
-    def keys(self) -> list[str]:
-        return list(self._data.keys())
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._data
-
-    def __getitem__(self, key: str) -> Any:
-        try:
-            return self._data[key]
-        except KeyError:
-            raise KeyError(f"{self.path}: key '{key}' was not loaded (available: {self.keys()})") from None
-
-    def __len__(self) -> int:
-        return self.n_steps
-
-    def get_episode(self, idx: int, keys: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
-        """All steps of episode ``idx`` as numpy arrays (images are read from disk)."""
-        idx = range(self.n_episodes)[idx]
-        start, end = int(self.episode_starts[idx]), int(self._episode_ends[idx])
-        return {k: np.asarray(self._data[k][start:end]) for k in (keys or self.keys())}
-
     # ------------------------------------------------------------------ text (EpisodeSource)
     def text(self) -> Any:
         """The store's :class:`~controller.dataset.formats.zarr_source.ZarrText` (read and checked once)."""

@@ -25,6 +25,7 @@ process owns the shutdown).
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 import os
@@ -365,7 +366,8 @@ class TrainDexGraspVLAControllerWorkspace:
 
         policy = acc.unwrap_model(self.model)
         policy.eval()
-        if "language" in batch:  # a language-conditioned policy (DexVLA): instruction in, chunk + reasoning out
+        if "language" in batch and "language" in inspect.signature(policy.predict_action).parameters:
+            # a language-conditioned policy (DexVLA): instruction in, chunk + reasoning out
             want_attn = False
             with acc.autocast():
                 pred, record = policy.predict_action(batch["obs"], language=batch["language"])["action"], None

@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from controller.dataset.episodes import EpisodeArrays
 from controller.dataset.errors import IMAGE_CHANNELS, LOW_DIM_DIMS, DatasetError
 from controller.dataset.formats.base import SourceOptions, register_format, register_sink
 from controller.dataset.formats.h5_frames import (Channel, LazyH5Frames, as_text, decode_row, image_kind,
@@ -143,7 +144,7 @@ def _image_channel(f: Any, file: str, key: str, ep: int, rgb: bool, mask: bool) 
     return ch, first.shape, len(ds)
 
 
-class ActH5Source:
+class ActH5Source(EpisodeArrays):
     """Read-only :class:`~controller.dataset.formats.base.EpisodeSource` over ACT/DexVLA HDF5 episodes.
 
     Use :meth:`open`. Low-dim keys are loaded at open; images are :class:`LazyH5Frames`.
@@ -154,7 +155,7 @@ class ActH5Source:
     def __init__(self, path: str, files: list[str], ends: np.ndarray, data: Mapping[str, Any],
                  cameras: Mapping[str, Optional[str]], all_cameras: list[str], info: Mapping[str, Any]):
         self.path, self.files = path, files
-        self._ends = np.asarray(ends, dtype=np.int64)
+        self._episode_ends = np.asarray(ends, dtype=np.int64)
         self._data = dict(data)
         self.cameras, self.all_cameras, self.info = dict(cameras), all_cameras, dict(info)
         self._language: dict[int, str] = {}
@@ -268,47 +269,6 @@ class ActH5Source:
         return ch, shape, m
 
     # ------------------------------------------------------------------ EpisodeSource
-    @property
-    def episode_ends(self) -> np.ndarray:
-        return self._ends
-
-    @property
-    def episode_starts(self) -> np.ndarray:
-        return np.concatenate([[0], self._ends[:-1]]).astype(np.int64)
-
-    @property
-    def episode_lengths(self) -> np.ndarray:
-        return self._ends - self.episode_starts
-
-    @property
-    def n_episodes(self) -> int:
-        return int(len(self._ends))
-
-    @property
-    def n_steps(self) -> int:
-        return int(self._ends[-1])
-
-    def keys(self) -> list[str]:
-        return list(self._data)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._data
-
-    def __getitem__(self, key: str) -> Any:
-        try:
-            return self._data[key]
-        except KeyError:
-            raise KeyError(f"{self.path}: key '{key}' was not loaded (available: {self.keys()})") from None
-
-    def __len__(self) -> int:
-        return self.n_steps
-
-    def get_episode(self, idx: int, keys: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
-        """All steps of episode ``idx`` (images decoded)."""
-        idx = range(self.n_episodes)[idx]
-        start, end = int(self.episode_starts[idx]), int(self._ends[idx])
-        return {k: np.asarray(self._data[k][start:end]) for k in (keys or self.keys())}
-
     def language(self, episode: int) -> Optional[str]:
         """The episode's ``language_raw`` ('' -> None); DatasetError naming the file if it is missing."""
         episode = range(self.n_episodes)[episode]
@@ -324,7 +284,7 @@ class ActH5Source:
     def reasoning(self, step: int) -> Optional[str]:
         """``substep_reasonings`` at global ``step`` ('' or missing dataset -> None)."""
         step = range(self.n_steps)[step]
-        ep = int(np.searchsorted(self._ends, step, side="right"))
+        ep = int(np.searchsorted(self._episode_ends, step, side="right"))
         if ep not in self._reasoning:
             with open_h5(self.files[ep]) as f:
                 rows = f[REASONING_KEY][()] if REASONING_KEY in f else None

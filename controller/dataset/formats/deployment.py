@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from controller.dataset.episodes import EpisodeArrays
 from controller.dataset.errors import IMAGE_CHANNELS, LOW_DIM_DIMS, DatasetError
 from controller.dataset.formats.base import SourceOptions, register_format
 from controller.dataset.formats.h5_frames import Channel, LazyH5Frames, list_h5_files, open_h5
@@ -43,14 +44,14 @@ def detect_deployment(path: str) -> bool:
     return False
 
 
-class DeploymentSource:
+class DeploymentSource(EpisodeArrays):
     """Read-only :class:`~controller.dataset.formats.base.EpisodeSource` over deployment attempt files."""
 
     format_name = "deployment"
 
     def __init__(self, path: str, files: list[str], ends: np.ndarray, data: Mapping[str, Any], skipped: list[str]):
         self.path, self.files, self.skipped = path, files, skipped
-        self._ends = np.asarray(ends, dtype=np.int64)
+        self._episode_ends = np.asarray(ends, dtype=np.int64)
         self._data = dict(data)
 
     @classmethod
@@ -127,47 +128,6 @@ class DeploymentSource:
         return arr
 
     # ------------------------------------------------------------------ EpisodeSource
-    @property
-    def episode_ends(self) -> np.ndarray:
-        return self._ends
-
-    @property
-    def episode_starts(self) -> np.ndarray:
-        return np.concatenate([[0], self._ends[:-1]]).astype(np.int64)
-
-    @property
-    def episode_lengths(self) -> np.ndarray:
-        return self._ends - self.episode_starts
-
-    @property
-    def n_episodes(self) -> int:
-        return int(len(self._ends))
-
-    @property
-    def n_steps(self) -> int:
-        return int(self._ends[-1])
-
-    def keys(self) -> list[str]:
-        return list(self._data)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._data
-
-    def __getitem__(self, key: str) -> Any:
-        try:
-            return self._data[key]
-        except KeyError:
-            raise KeyError(f"{self.path}: key '{key}' was not loaded (available: {self.keys()})") from None
-
-    def __len__(self) -> int:
-        return self.n_steps
-
-    def get_episode(self, idx: int, keys: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
-        """All steps of attempt ``idx``."""
-        idx = range(self.n_episodes)[idx]
-        start, end = int(self.episode_starts[idx]), int(self._ends[idx])
-        return {k: np.asarray(self._data[k][start:end]) for k in (keys or self.keys())}
-
     def language(self, episode: int) -> Optional[str]:
         """Deployment recordings carry no instruction: None (IndexError for a bad episode)."""
         _ = range(self.n_episodes)[episode]

@@ -39,6 +39,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from controller.dataset.episodes import EpisodeArrays
 from controller.dataset.errors import IMAGE_CHANNELS, DatasetError
 from controller.dataset.formats.base import SourceOptions, register_format
 from controller.dataset.formats.lerobot_v3_meta import (MAPPING_FILE, REASONING_COLUMN, LeRobotMeta,
@@ -176,7 +177,7 @@ def _default_cameras(meta: LeRobotMeta) -> dict[str, str]:
     return out
 
 
-class LeRobotSource:
+class LeRobotSource(EpisodeArrays):
     """Read-only view of a LeRobot v3.0 dataset in our keys (see the module docstring)."""
 
     format_name = "lerobot"
@@ -255,46 +256,6 @@ class LeRobotSource:
     # ------------------------------------------------------------------ EpisodeSource
     def _episode_of(self, step: int) -> int:
         return int(np.searchsorted(self._episode_ends, step, side="right"))
-
-    @property
-    def episode_ends(self) -> np.ndarray:
-        return self._episode_ends
-
-    @property
-    def episode_starts(self) -> np.ndarray:
-        return np.concatenate([[0], self._episode_ends[:-1]]).astype(np.int64)
-
-    @property
-    def episode_lengths(self) -> np.ndarray:
-        return self._episode_ends - self.episode_starts
-
-    @property
-    def n_episodes(self) -> int:
-        return int(len(self._episode_ends))
-
-    @property
-    def n_steps(self) -> int:
-        return int(self._episode_ends[-1]) if len(self._episode_ends) else 0
-
-    def keys(self) -> list[str]:
-        return list(self._data)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._data
-
-    def __getitem__(self, key: str) -> Any:
-        try:
-            return self._data[key]
-        except KeyError:
-            raise KeyError(f"{self.path}: key '{key}' was not loaded (available: {self.keys()})") from None
-
-    def __len__(self) -> int:
-        return self.n_steps
-
-    def get_episode(self, idx: int, keys: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
-        idx = range(self.n_episodes)[idx]
-        start, end = int(self.episode_starts[idx]), int(self._episode_ends[idx])
-        return {k: np.asarray(self._data[k][start:end]) for k in (keys or self.keys())}
 
     def language(self, episode: int) -> Optional[str]:
         episode = range(self.n_episodes)[episode]
