@@ -36,3 +36,18 @@ def make_tiny_dexvla_checkpoint(directory: str | Path, steps: int = 15) -> str:
         policy.compute_loss(batch).backward()
         opt.step()
     return save_checkpoint(str(Path(directory) / "dexvla_tiny"), policy.eval(), cfg=cfg)
+
+
+def write_text_store(path) -> str:
+    """A 2-episode zarr store (12 + 10 steps, 48 x 64 frames) with an instruction per episode and a
+    reasoning string per step ('approach' then 'lift'): training data for the DexVLA tests."""
+    import numpy as np
+
+    from controller.dataset.writer import ZarrEpisodeWriter
+    from tests.controller.dataset.factories import make_episode
+    rng = np.random.default_rng(0)
+    with ZarrEpisodeWriter(path, zarr_format=2) as w:
+        for i, n in enumerate((12, 10)):
+            w.add_episode(make_episode(i, n, (48, 64), rng, 1), language="grasp the red box",
+                          reasoning=["approach"] * (n // 2) + ["lift"] * (n - n // 2))
+    return str(path)

@@ -5,7 +5,6 @@ workspace then loads its own checkpoint over it."""
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -13,6 +12,7 @@ from safetensors.torch import load_file
 import controller.policy.dexvla_policy  # noqa: F401 - registers DexVLAPolicy
 from controller.workspace.checkpoint import save_checkpoint
 from tests.controller.conftest import build_policy, compose_cfg, fitted_normalizer
+from tests.controller.dexvla_helpers import write_text_store
 
 
 @pytest.fixture(autouse=True)
@@ -23,15 +23,7 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _store(path):
-    from controller.dataset.writer import ZarrEpisodeWriter
-    from tests.controller.dataset.factories import make_episode
-    rng = np.random.default_rng(0)
-    with ZarrEpisodeWriter(path, zarr_format=2) as w:
-        for i, n in enumerate((12, 10)):
-            w.add_episode(make_episode(i, n, (48, 64), rng, 1), language="grasp the red box",
-                          reasoning=["approach"] * (n // 2) + ["lift"] * (n - n // 2))
-    return str(path)
+_store = write_text_store
 
 
 def _train(out, store, stage1, extra=()):

@@ -4,7 +4,6 @@ every key not loaded, and the errors (shape mismatch naming the key, strict ``fu
 sources)."""
 import os
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -13,6 +12,7 @@ import controller.policy.dexvla_policy  # noqa: F401 - registers DexVLAPolicy
 from controller.policy.dexvla_init import InitFromError
 from controller.workspace.checkpoint import save_checkpoint
 from tests.controller.conftest import REPO, build_policy, fitted_normalizer, run_cli
+from tests.controller.dexvla_helpers import write_text_store
 
 COMMON = ["policy=dexvla_tiny", "task=sim_grasp", "n_action_steps=16"]
 TRAIN = ["logging.mode=disabled", "training.num_epochs=1", "training.max_train_steps=2",
@@ -27,15 +27,7 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _store(path):
-    from controller.dataset.writer import ZarrEpisodeWriter
-    from tests.controller.dataset.factories import make_episode
-    rng = np.random.default_rng(0)
-    with ZarrEpisodeWriter(path, zarr_format=2) as w:
-        for i, n in enumerate((12, 10)):
-            w.add_episode(make_episode(i, n, (48, 64), rng, 1), language="grasp the red box",
-                          reasoning=["approach"] * (n // 2) + ["lift"] * (n - n // 2))
-    return str(path)
+_store = write_text_store
 
 
 def _policy(overrides=()):

@@ -6,20 +6,12 @@ devices; the workspace's Accelerator(cpu=True) gives MULTI_CPU), so this run is 
 FSDP2 itself is checked on CPU in test_dexvla_fsdp.py. See docs/dexvla.md "FSDP"."""
 import json
 
-import numpy as np
 
 from tests.controller.conftest import REPO, run_cli
+from tests.controller.dexvla_helpers import write_text_store
 
 
-def _store(path):
-    from controller.dataset.writer import ZarrEpisodeWriter
-    from tests.controller.dataset.factories import make_episode
-    rng = np.random.default_rng(0)
-    with ZarrEpisodeWriter(path, zarr_format=2) as w:
-        for i, n in enumerate((12, 10)):
-            w.add_episode(make_episode(i, n, (48, 64), rng, 1), language="grasp the red box",
-                          reasoning=["approach"] * (n // 2) + ["lift"] * (n - n // 2))
-    return str(path)
+_store = write_text_store
 
 
 def test_train_py_with_the_fsdp_config_runs_two_gloo_processes(tmp_path):
