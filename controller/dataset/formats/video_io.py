@@ -65,6 +65,10 @@ class _Decoder:
             raise VideoError(f"{path}: cannot open as a video ({type(exc).__name__}: {exc}); "
                              f"expected an mp4 file with a video stream", file=path) from exc
         self.path = path
+        # one swscale context per open file, reused: frame.to_ndarray(format=...) sets up a new one for
+        # every frame (measured on the 64x48 LeRobot fixture: 0.67 vs 0.11 ms per frame, same pixels)
+        from av.video.reformatter import VideoReformatter  # noqa: PLC0415
+        self._reformatter = VideoReformatter()
         self._frames: Optional[Any] = None
         self._last: Optional[tuple[float, np.ndarray]] = None
 
@@ -95,7 +99,7 @@ class _Decoder:
                 ft = float(frame.pts * self.stream.time_base)
                 if ft < t - tol:
                     continue  # before the target (decoded from the key frame on): skip the conversion
-                img = frame.to_ndarray(format="rgb24")
+                img = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
                 self._last = (ft, img)
                 if abs(ft - t) <= tol:
                     return img
