@@ -79,15 +79,14 @@ class ServedPolicy:
                         use_ema: bool = True, num_samples: int = 1,
                         max_num_samples: int = DEFAULT_MAX_NUM_SAMPLES) -> "ServedPolicy":
         """Load a checkpoint directory (:meth:`ChunkPolicy.from_checkpoint`, the same safe loader)."""
-        from controller.policy.chunk_runner import ChunkPolicy  # noqa: PLC0415
         from controller.workspace.checkpoint import MODEL_FILE, resolve_checkpoint_dir  # noqa: PLC0415
         from controller.workspace.integrity import file_sha256, recorded_hashes  # noqa: PLC0415
         from inference_utils.cli_common import resolve_device  # noqa: PLC0415 - cuda, then mps, then cpu
 
         device = resolve_device(device)
         ckpt_dir = resolve_checkpoint_dir(path)
-        policy = ChunkPolicy.from_checkpoint(ckpt_dir, device, use_ema=use_ema, precision=precision,
-                                             compile=compile, num_samples=num_samples)
+        policy = cls.runner_class().from_checkpoint(ckpt_dir, device, use_ema=use_ema, precision=precision,
+                                                    compile=compile, num_samples=num_samples)
         digest = recorded_hashes(ckpt_dir).get(MODEL_FILE) or file_sha256(os.path.join(ckpt_dir, MODEL_FILE))
         return cls(policy, os.path.basename(os.path.normpath(ckpt_dir)), digest, max_num_samples)
 
@@ -98,15 +97,20 @@ class ServedPolicy:
                 "precision": "bf16" if self.base.autocast else "fp32",
                 "max_num_samples": self.max_num_samples, "default_num_samples": int(self.base.num_samples)}
 
+    @classmethod
+    def runner_class(cls) -> type:
+        """The chunk-policy class this server runs (a policy family's subclass names its own)."""
+        from controller.policy.chunk_runner import ChunkPolicy  # noqa: PLC0415
+
+        return ChunkPolicy
+
     def runner(self, num_samples: int) -> Any:
-        """The :class:`ChunkPolicy` denoising ``num_samples`` chunks per observation."""
+        """The chunk policy (:meth:`runner_class`) denoising ``num_samples`` chunks per observation."""
         k = int(num_samples)
         if k not in self._runners:
-            from controller.policy.chunk_runner import ChunkPolicy  # noqa: PLC0415
-
             base = self.base
-            self._runners[k] = ChunkPolicy(base.policy, base.device, "bf16" if base.autocast else "fp32",
-                                           compile=False, keep_freed_memory=False, num_samples=k)
+            self._runners[k] = self.runner_class()(base.policy, base.device, "bf16" if base.autocast else "fp32",
+                                                   compile=False, keep_freed_memory=False, num_samples=k)
         return self._runners[k]
 
     def predict(self, obs: Mapping[str, np.ndarray], noise: Optional[np.ndarray], num_samples: int) -> np.ndarray:
