@@ -26,6 +26,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from controller.dataset.errors import DatasetError
+from controller.dataset.formats.base import publish
 
 __all__ = ["ActH5Sink", "write_act_episode"]
 
@@ -117,16 +118,11 @@ class ActH5Sink:
         if self.n_episodes == 0:
             self.abort()
             raise DatasetError(f"{self.path}: no episodes were written; nothing to publish")
-        dest = Path(self.path)
-        if dest.exists() or dest.is_symlink():
-            if not self.overwrite:
-                self.abort()
-                raise DatasetError(f"{self.path} exists; pass --overwrite to replace it")
-            if dest.is_dir() and not dest.is_symlink():
-                shutil.rmtree(dest)
-            else:
-                dest.unlink()
-        os.replace(self.tmp, dest)
+        try:
+            publish(self.tmp, self.path, self.overwrite)
+        except DatasetError:
+            self.abort()
+            raise
         self.closed = True
 
     def abort(self) -> None:

@@ -208,6 +208,27 @@ def open_sink(path: str | os.PathLike, fmt: str, fps: float = 20.0, overwrite: b
     return _SINKS[fmt](path, fps=fps, overwrite=overwrite, **kwargs)
 
 
+def remove_path(path: str | os.PathLike) -> None:
+    """Delete a file, symlink or directory tree (nothing if absent)."""
+    import shutil  # noqa: PLC0415
+
+    path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike, overwrite: bool) -> None:
+    """Rename a sink's finished temporary output ``tmp`` onto ``path``; an existing ``path`` is
+    replaced only with ``overwrite`` (else DatasetError, ``tmp`` left for the caller's ``abort``)."""
+    if os.path.lexists(path):
+        if not overwrite:
+            raise DatasetError(f"{os.fspath(path)} exists; pass --overwrite to replace it")
+        remove_path(path)
+    os.replace(tmp, path)
+
+
 def _load_builtin() -> None:
     """Import the built-in readers once (each calls :func:`register_format` at import)."""
     import controller.dataset.formats  # noqa: F401,PLC0415  (registers the built-ins)

@@ -21,14 +21,13 @@ it onto the destination in :meth:`ZarrSink.close` (:meth:`ZarrSink.abort` remove
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from controller.dataset.errors import DATA_GROUP, META_GROUP, DatasetError
-from controller.dataset.formats.base import SourceOptions, register_format, register_sink
+from controller.dataset.formats.base import SourceOptions, publish, register_format, register_sink, remove_path
 from controller.dataset.writer import LANGUAGE_ATTR, REASONING_ID_KEY, VOCAB_ATTR
 
 #: Attr of the ``meta`` group holding the frame rate (written by the sink).
@@ -141,13 +140,6 @@ def describe_zarr(rb: Any) -> dict[str, Any]:
             "reasoning_vocab_size": len(text.vocab)}
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 class ZarrSink:
     """The ``zarr`` sink: a fresh store written under a temporary name, renamed by :meth:`close`.
 
@@ -167,7 +159,7 @@ class ZarrSink:
         self.overwrite = bool(overwrite)
         self.tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _remove(self.tmp)
+        remove_path(self.tmp)
         self.writer = ZarrEpisodeWriter(self.tmp, zarr_format=zarr_format, image_chunks=image_chunks)
         self.writer.meta.attrs[FPS_ATTR] = float(fps)
         self.closed = False
@@ -185,18 +177,16 @@ class ZarrSink:
             self.abort()
             raise DatasetError(f"{self.path}: no episodes were written; nothing to publish")
         self.writer.close()
-        dest = Path(self.path)
-        if dest.exists() or dest.is_symlink():
-            if not self.overwrite:
-                self.abort()
-                raise DatasetError(f"{self.path} exists; pass --overwrite to replace it")
-            _remove(dest)
-        os.replace(self.tmp, dest)
+        try:
+            publish(self.tmp, self.path, self.overwrite)
+        except DatasetError:
+            self.abort()
+            raise
         self.closed = True
 
     def abort(self) -> None:
         """Remove the temporary store; the destination is left untouched."""
-        _remove(self.tmp)
+        remove_path(self.tmp)
         self.closed = True
 
     def __enter__(self) -> "ZarrSink":
