@@ -23,6 +23,12 @@ on top when present, as ``policy.start_ckpt_path`` does), or an expert file writ
 ``python -m controller.convert_checkpoint REF.ckpt OUT.safetensors --trust-pickle --format scaledp``
 (keys of :class:`controller.model.scaledp.ScaleDP`, mapped to ``expert.model.*``).
 
+LoRA (:mod:`controller.policy.dexvla_lora`) on one side only, in ``full`` mode: a LoRA-trained
+source going into a model without LoRA has its adapters merged (``W + (lora_alpha / r) B A``, alpha
+read from the source's ``config.yaml``); a plain source going into a LoRA model fills the
+``base_layer`` weights and the LoRA matrices keep their init (B = 0, so the same function). Both
+LoRA with the same rank and targets: the tensors map one to one.
+
 In every mode a shape mismatch of a tensor to be copied is an error naming the key and both
 shapes, raised before anything is copied. Nothing is unpickled: safetensors only.
 """
@@ -34,7 +40,8 @@ from typing import Any, Dict, List, Mapping
 
 import torch
 
-from controller.workspace.checkpoint import (EMA_FILE, MODEL_FILE, CheckpointError, check_safetensors_file,
+from controller.policy.dexvla_lora import is_lora_key, lora_source_plan, merge_weight
+from controller.workspace.checkpoint import (CONFIG_FILE, EMA_FILE, MODEL_FILE, CheckpointError, check_safetensors_file,
                                              resolve_checkpoint_dir)
 
 logger = logging.getLogger(__name__)
@@ -100,6 +107,20 @@ def source_tensors(source: str) -> Dict[str, Any]:
     return {"kind": "checkpoint", "files": files, "shapes": shapes, "weights": weights}
 
 
+def _source_lora_alpha(source: str) -> float:
+    """``policy.lora_alpha`` of a LoRA-trained source checkpoint (its ``config.yaml``), for merging."""
+    from omegaconf import OmegaConf
+    path = os.path.join(resolve_checkpoint_dir(source), CONFIG_FILE)
+    try:
+        alpha = OmegaConf.select(OmegaConf.load(path), "policy.lora_alpha")
+    except Exception as exc:  # noqa: BLE001 - missing or unreadable yaml
+        raise InitFromError(f"policy.init_from='{source}' has LoRA adapters; reading lora_alpha from "
+                            f"'{path}' failed: {exc}") from exc
+    if alpha is None:
+        raise InitFromError(f"policy.init_from='{source}' has LoRA adapters but '{path}' has no policy.lora_alpha")
+    return float(alpha)
+
+
 def choose_mode(mode: str, src: Mapping[str, Any], model_keys: List[str]) -> str:
     """Resolve ``auto`` (see the module docstring)."""
     if mode not in MODES:
@@ -129,16 +150,21 @@ def load_init_weights(policy: torch.nn.Module, source: str, mode: str = "auto") 
     src = source_tensors(source)
     own = {k: v for k, v in policy.state_dict().items() if not k.startswith("normalizer.")}
     mode = choose_mode(mode, src, list(own))
-    shapes = {k: s for k, s in src["shapes"].items() if not k.startswith("normalizer.")}
+    src_shapes = {k: s for k, s in src["shapes"].items() if not k.startswith("normalizer.")}
+    plan = {"direction": None, "shapes": src_shapes, "fetch": {k: k for k in src_shapes}, "consumed": []}
+    if mode == "full":  # LoRA on one side only: merge the source's adapters, or fill the base layers
+        plan = lora_source_plan(src_shapes, list(own))
+    shapes, fetch = plan["shapes"], plan["fetch"]
+    lora_own = [k for k in own if is_lora_key(k)] if plan["direction"] == "into_base" else []
     if mode == "full":
-        missing = sorted(set(own) - set(shapes))
+        missing = sorted(set(own) - set(shapes) - set(lora_own))
         unexpected = sorted(set(shapes) - set(own))
         if missing or unexpected:
             parts = ([f"missing in the source: {_fmt(missing)}"] if missing else []) + \
                     ([f"unexpected (not in the model): {_fmt(unexpected)}"] if unexpected else [])
             raise InitFromError(f"policy.init_from='{source}' (mode full) does not fit the model: "
                                 f"{'; '.join(parts)}. For a stage-1 source use init_from_mode=expert.")
-        wanted = sorted(own)
+        wanted = sorted(set(own) - set(lora_own))
     else:
         wanted = sorted(k for k in own if k.startswith(EXPERT_PREFIX) and k in shapes)
     wrong = [f"{k}: source {shapes[k]} vs model {tuple(own[k].shape)}" for k in wanted
@@ -146,17 +172,34 @@ def load_init_weights(policy: torch.nn.Module, source: str, mode: str = "auto") 
     if wrong:
         raise InitFromError(f"policy.init_from='{source}': shape mismatch: {_fmt(wrong)}. The expert sizes "
                             f"(depth/width/heads, action/state dims, horizon, backbone width) must match.")
+    alpha = _source_lora_alpha(source) if plan["direction"] == "merge" else None
     by_file: Dict[str, List[str]] = {}
     for k in wanted:
-        by_file.setdefault(src["files"][k][0], []).append(k)
+        first = fetch[k] if isinstance(fetch[k], str) else fetch[k][0]
+        by_file.setdefault(src["files"][first][0], []).append(k)
     with torch.no_grad():
         for path, keys in by_file.items():
             with safe_open(path, framework="pt") as f:
+                def read(key: str) -> torch.Tensor:
+                    file_path, name = src["files"][key]
+                    if file_path == path:
+                        return f.get_tensor(name)
+                    with safe_open(file_path, framework="pt") as other:
+                        return other.get_tensor(name)
                 for k in keys:
-                    own[k].copy_(f.get_tensor(src["files"][k][1]))
+                    if isinstance(fetch[k], str):
+                        own[k].copy_(read(fetch[k]))
+                    else:  # (base, A, B): W + (alpha / r) B A
+                        base, a_key, b_key = fetch[k]
+                        own[k].copy_(merge_weight(read(base), read(a_key), read(b_key), alpha))
+    used = set(plan["consumed"]) | {v if isinstance(v, str) else v[0] for k, v in fetch.items() if k in wanted}
+    lora_note = {None: "", "merge": f"LoRA adapters of the source merged into {len(plan['consumed']) // 2} "
+                                    f"weights (alpha {alpha})",
+                 "into_base": f"source weights loaded into the base layers; {len(lora_own)} LoRA tensors "
+                              f"keep their init (B = 0)"}[plan["direction"]]
     report = {"source": os.path.abspath(source), "weights": src["weights"], "mode": mode, "loaded": wanted,
-              "kept_init": sorted(set(own) - set(wanted)), "unused": sorted(set(shapes) - set(wanted)),
-              "normalizer": "not copied: set from the training data (set_normalizer)"}
+              "kept_init": sorted(set(own) - set(wanted)), "unused": sorted(set(src_shapes) - used),
+              "normalizer": "not copied: set from the training data (set_normalizer)", "lora": lora_note}
     return report
 
 
@@ -174,4 +217,4 @@ def format_init_report(report: Mapping[str, Any]) -> str:
     return (f"init_from {report['source']} [{report['weights']}], mode {report['mode']}: "
             f"loaded {len(report['loaded'])} tensors; kept at init (not in source / not mapped): "
             f"{groups(report['kept_init'])}; unused source tensors: {groups(report['unused'])}; "
-            f"normalizer {report['normalizer']}")
+            f"normalizer {report['normalizer']}" + (f"; {report['lora']}" if report.get("lora") else ""))

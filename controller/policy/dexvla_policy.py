@@ -110,7 +110,12 @@ class DexVLAPolicy(nn.Module):
         stage1_condition: ``"encoder"`` (learned CNN) or ``"zeros"``.
         stage1_channels: CNN widths of the stage-1 encoder.
         default_instruction: instruction used when the observation carries none.
-        lora_rank: > 0 asks for LoRA on the language model (needs ``peft``; not available here).
+        lora_rank: > 0: LoRA (peft) on the language model's projections in stages 2/3; its base
+            weights are then frozen (:mod:`controller.policy.dexvla_lora`; ignored in stage 1).
+        lora_alpha: LoRA scale numerator (scale = ``lora_alpha / lora_rank``).
+        lora_dropout: dropout on the LoRA input (training only).
+        lora_target_modules: projection names inside the LM decoder layers (default: q/k/v/o and
+            gate/up/down); the vision tower is never adapted.
         start_ckpt_path: weights to start from (consumed by the workspace, kept for the config).
         init_from: stage chaining (:mod:`controller.policy.dexvla_init`): a checkpoint directory (or a
             converted ScaleDP expert ``.safetensors``) whose weights are copied in at construction;
@@ -125,7 +130,8 @@ class DexVLAPolicy(nn.Module):
                  expert: Optional[Mapping[str, Any]] = None, training_stage: int = 2,
                  reasoning_loss_weight: float = 1.0, use_reasoning: bool = True, use_wrist_camera: bool = True,
                  stage1_condition: str = "encoder", stage1_channels: Sequence[int] = (16, 32, 64),
-                 default_instruction: str = "", lora_rank: int = 0,
+                 default_instruction: str = "", lora_rank: int = 0, lora_alpha: float = 16.0,
+                 lora_dropout: float = 0.05, lora_target_modules: Optional[Sequence[str]] = None,
                  start_ckpt_path: Optional[str] = None, init_from: Optional[str] = None,
                  init_from_mode: str = "auto", gradient_checkpointing: bool = False) -> None:
         super().__init__()
@@ -137,9 +143,8 @@ class DexVLAPolicy(nn.Module):
             raise ValueError(f"training_stage must be 1, 2 or 3, got {training_stage!r}")
         if stage1_condition not in ("encoder", "zeros"):
             raise ValueError(f"stage1_condition must be 'encoder' or 'zeros', got {stage1_condition!r}")
-        if lora_rank:
-            raise ValueError("lora_rank > 0: LoRA needs the 'peft' package, which is not installed in this "
-                             "environment (and not a project dependency); train with lora_rank: 0")
+        if int(lora_rank) < 0:
+            raise ValueError(f"lora_rank must be >= 0, got {lora_rank!r}")
         self.training_stage = int(training_stage)
         self.reasoning_loss_weight = float(reasoning_loss_weight)
         self.use_reasoning = bool(use_reasoning)
@@ -158,6 +163,14 @@ class DexVLAPolicy(nn.Module):
             cond_dim = self.backbone.hidden_size
             # the reference's input_action_proj (mean-pooled prompt states -> Linear, GELU, Linear)
             self.prompt_proj = nn.Sequential(nn.Linear(cond_dim, cond_dim), nn.GELU(), nn.Linear(cond_dim, cond_dim))
+        self.lora_rank = int(lora_rank) if self.backbone is not None else 0
+        self.lora_alpha = float(lora_alpha)
+        if self.lora_rank:  # peft LoRA in the LM, its base weights frozen (controller/policy/dexvla_lora.py)
+            from controller.policy.dexvla_lora import apply_lora
+            apply_lora(self.backbone.model, self.lora_rank, self.lora_alpha, lora_dropout, lora_target_modules,
+                       seed=int(spec.get("seed", 0)))
+        elif lora_rank and self.training_stage == 1:
+            logger.info("lora_rank=%s ignored in stage 1 (no language model)", lora_rank)
         self.cond_dim = cond_dim
         exp = dict(expert or {})
         sizes = dict(action_dim=self.action_dim, horizon=self.action_horizon, cond_dim=cond_dim,

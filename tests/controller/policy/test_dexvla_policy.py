@@ -164,8 +164,10 @@ def test_shape_meta_is_checked():
     bad["obs"]["right_state"]["shape"] = [12]
     with pytest.raises(ShapeMetaError):
         DexVLAPolicy(shape_meta=bad, backbone={"preset": "tiny"}, expert={"depth": 1, "width": 32, "num_heads": 2})
-    with pytest.raises(ValueError, match="peft"):
-        _policy(["policy.lora_rank=4"])
+    with pytest.raises(ValueError, match="lora_rank"):
+        _policy(["policy.lora_rank=-1"])
+    with pytest.raises(ValueError, match="lora_target_modules"):
+        _policy(["policy.lora_rank=4", "policy.lora_target_modules=[not.a.name]"])
 
 
 def test_the_2b_presets_require_a_model_path():
