@@ -160,21 +160,24 @@ class TransformerForActionDiffusion(nn.Module):
         """Per-block cross-attention keys/values of a condition sequence, in attention layout.
 
         c: (B, L, D) condition tokens with their positional embedding -> keys, values: per block
-        (B, h, L, d), contiguous, keys k-normed. Pure tensor code (no cache bookkeeping), so the
-        policy can hand it to ``torch.compile`` (:mod:`controller.policy.inference_compile`).
+        (B, h, L, d), keys k-normed. Values are contiguous; keys are views of (B, h, d, L) memory
+        (``k.stride(-2) == 1``), the layout the cross-attention's inference path
+        (:func:`~controller.model.diffusion.layers.attention_keys_transposed`) multiplies by directly.
+        Pure tensor code (no cache bookkeeping), so the policy can hand it to ``torch.compile``
+        (:mod:`controller.policy.inference_compile`).
         """
         B, L, D = c.shape
         h = self.n_head
         # one block of memory for all keys and one for all values, allocated before the per-block
         # temporaries: the cache (12 x 2 x 11 MB for the paper preset) does not end up interleaved
         # with freed temporaries in the heap, whose holes would stay resident (measured +0.15 GB)
-        keys = c.new_empty(len(self.blocks), B, h, L, D // h)
+        keys_t = c.new_empty(len(self.blocks), B, h, D // h, L)       # keys stored transposed
         values = c.new_empty(len(self.blocks), B, h, L, D // h)
         for i, blk in enumerate(self.blocks):
             k, v = blk.cross_attn.project_kv(c)                       # (B, h, L, d) each
-            keys[i].copy_(k)
+            keys_t[i].copy_(k.transpose(-2, -1))
             values[i].copy_(v)
-        return list(keys.unbind(0)), list(values.unbind(0))
+        return [k.transpose(-2, -1) for k in keys_t.unbind(0)], list(values.unbind(0))
 
     @torch.no_grad()
     def prepare_condition(self, cond: torch.Tensor, timesteps=None, project=None) -> ConditionCache:

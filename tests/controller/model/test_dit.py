@@ -137,3 +137,19 @@ def test_reference_state_dict_names():
               "model.blocks.0.ffn.fc2.bias", "model.time_emb.mlp.2.weight", "model.cond_pos_emb", "model.pos_emb",
               "model.ln_f.weight", "model.head.weight", "model.input_emb.weight"]:
         assert k in keys, k
+
+
+def test_condition_cache_keys_are_stored_transposed_and_attend_like_sdpa():
+    """The cache keeps keys as (B, h, d, L) memory; the cross-attention's inference path multiplies
+    by them directly and gives what fused SDPA gives on the same tensors."""
+    from controller.model.diffusion.layers import attention_keys_transposed
+    torch.manual_seed(0)
+    dit = TransformerForActionDiffusion(13, 13, 8, n_layer=2, n_head=4, n_emb=64, max_cond_tokens=40).eval()
+    cache = dit.prepare_condition(torch.randn(2, 30, 64))
+    for k, v in zip(cache.keys, cache.values):
+        assert k.shape == v.shape == (2, 4, 31, 16)
+        assert k.stride(-2) == 1 and k.transpose(-2, -1).is_contiguous() and v.is_contiguous()
+    q = torch.randn(2, 4, 8, 16)
+    k, v = cache.keys[0], cache.values[0]
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k.contiguous(), v)
+    torch.testing.assert_close(attention_keys_transposed(q, k, v), expected, atol=1e-6, rtol=1e-5)
