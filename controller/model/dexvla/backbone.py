@@ -38,36 +38,59 @@ ANSWER_SUFFIX = "Next action:"
 generated text."""
 
 #: Sizes of the randomly initialised backbones (text: hidden, layers, heads, KV heads, MLP width;
-#: vision: depth, width, heads; image-processor pixel bounds -> tokens per image).
-PRESETS: Dict[str, Dict[str, int]] = {
+#: vision: depth, width, heads; image-processor pixel bounds -> tokens per image). Optional keys
+#: (defaults in :func:`build_qwen2vl_config`): ``vocab_size`` (embedding/lm_head rows, padded past
+#: the tokenizer's), ``rope_theta``, ``mrope_section``, ``vision_mlp_ratio``, ``tie_word_embeddings``,
+#: ``max_position_embeddings``.
+PRESETS: Dict[str, Dict[str, Any]] = {
     "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
                  vision_depth=1, vision_embed_dim=32, vision_heads=2,
                  min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16),
     "small": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=768,
                   vision_depth=2, vision_embed_dim=128, vision_heads=4,
                   min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16),
+    # Qwen2-VL-2B(-Instruct) at its published architecture, random weights (benchmarks): the text and
+    # vision numbers are those of the model's config.json (hidden 1536, 28 layers, 12 heads, 2 KV heads,
+    # MLP 8960, vocab 151936, rope theta 1e6, M-RoPE [16, 24, 24], tied embeddings; ViT depth 32,
+    # width 1280, 16 heads, mlp_ratio 4, patch 14, temporal patch 2, merge 2), checked against public
+    # copies of that config; the pixel bounds are transformers' Qwen2VLImageProcessor defaults. With
+    # these sizes the model has 2,208,985,600 parameters, as the published checkpoint (4,417,971,200
+    # bf16 bytes in its model.safetensors.index.json). The vocabulary is padded to 151936 rows
+    # past the offline tokenizer's ids (rows it never produces) so that parameters and FLOPs match.
+    "qwen2vl_2b": dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960,
+                       vision_depth=32, vision_embed_dim=1280, vision_heads=16, vision_mlp_ratio=4,
+                       vocab_size=151936, rope_theta=1000000.0, mrope_section=[16, 24, 24],
+                       tie_word_embeddings=True, max_position_embeddings=32768,
+                       min_pixels=56 * 56, max_pixels=28 * 28 * 1280),
 }
 
 
-def build_qwen2vl_config(tokenizer: Any, sizes: Mapping[str, int]) -> transformers.Qwen2VLConfig:
-    """A Qwen2-VL config of the given ``sizes`` (see :data:`PRESETS`) for ``tokenizer``'s vocabulary."""
+def build_qwen2vl_config(tokenizer: Any, sizes: Mapping[str, Any]) -> transformers.Qwen2VLConfig:
+    """A Qwen2-VL config of the given ``sizes`` (see :data:`PRESETS`) for ``tokenizer``'s vocabulary
+    (``sizes["vocab_size"]``, if larger, pads it)."""
     ids = dict(zip(SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))))
     hidden, heads = int(sizes["hidden_size"]), int(sizes["num_heads"])
     half = hidden // heads // 2  # M-RoPE sections (temporal, height, width) split half the head dim
-    mrope = [half - 2 * (half // 3), half // 3, half // 3]
-    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=int(sizes["intermediate_size"]),
+    mrope = [int(m) for m in sizes.get("mrope_section") or [half - 2 * (half // 3), half // 3, half // 3]]
+    if sum(mrope) != half:
+        raise ValueError(f"mrope_section {mrope} must sum to half the head dim ({half})")
+    text = dict(vocab_size=max(len(tokenizer), int(sizes.get("vocab_size", 0))), hidden_size=hidden,
+                intermediate_size=int(sizes["intermediate_size"]),
                 num_hidden_layers=int(sizes["num_layers"]), num_attention_heads=heads,
-                num_key_value_heads=int(sizes["num_kv_heads"]), max_position_embeddings=4096,
-                rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": 10000.0},
+                num_key_value_heads=int(sizes["num_kv_heads"]),
+                max_position_embeddings=int(sizes.get("max_position_embeddings", 4096)),
+                rope_parameters={"rope_type": "default", "mrope_section": mrope,
+                                 "rope_theta": float(sizes.get("rope_theta", 10000.0))},
                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                 pad_token_id=ids["<|endoftext|>"])
     vision = dict(depth=int(sizes["vision_depth"]), embed_dim=int(sizes["vision_embed_dim"]), hidden_size=hidden,
-                  num_heads=int(sizes["vision_heads"]), mlp_ratio=2, patch_size=14, spatial_merge_size=2,
-                  temporal_patch_size=2)
+                  num_heads=int(sizes["vision_heads"]), mlp_ratio=sizes.get("vision_mlp_ratio", 2), patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2)
     return transformers.Qwen2VLConfig(
         text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"])
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=bool(sizes.get("tie_word_embeddings", False)))
 
 
 def build_processor(tokenizer: Any, min_pixels: int, max_pixels: int) -> transformers.Qwen2VLProcessor:
@@ -88,7 +111,7 @@ class DexVLABackbone(nn.Module):
 
     Args:
         model_path: local folder of a Qwen2-VL checkpoint (loaded with ``local_files_only=True``).
-        preset: ``"tiny"`` / ``"small"`` random backbone (when ``model_path`` is None).
+        preset: ``"tiny"`` / ``"small"`` / ``"qwen2vl_2b"`` random backbone (when ``model_path`` is None).
         config: size overrides of the preset (keys of :data:`PRESETS`).
         freeze_vision: no gradient to the vision tower (DexVLA trains the LLM, not the ViT).
         max_reasoning_tokens: token limit of :meth:`generate_reasoning`.
