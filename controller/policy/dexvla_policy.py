@@ -44,13 +44,37 @@ from controller.common.shape_meta import (action_dim_of, action_horizon_of, chec
 from controller.model.common.normalizer import LinearNormalizer
 from controller.model.dexvla.backbone import PRESETS as BACKBONE_PRESETS
 from controller.model.dexvla.backbone import DexVLABackbone
-from controller.model.scaledp import ScaleDPConfig, ScaleDPExpert, masked_mean
+from controller.model.scaledp import HEADS, ScaleDPConfig, ScaleDPExpert, UNetConfig, masked_mean
 
 logger = logging.getLogger(__name__)
 
 EXPERT_SIZE_KEYS = ("depth", "width", "num_heads", "mlp_ratio", "combine_hidden", "frequency_dim")
 EXPERT_DIFFUSION_KEYS = ("prediction_type", "num_train_timesteps", "num_inference_steps", "beta_schedule",
                          "clip_sample", "use_reasoning_film")
+UNET_SIZE_KEYS = ("down_dims", "kernel_size", "n_groups", "step_embed_dim", "obs_embed_dim", "frequency_dim")
+
+
+def build_expert(spec: Mapping[str, Any], **dims: int) -> ScaleDPExpert:
+    """The action expert of ``policy.expert`` (``head: scaledp | unet``); ``dims`` = action_dim,
+    horizon, cond_dim, state_dim. ScaleDP sizes are top-level keys (``size`` or depth/width/...);
+    UNet sizes live under ``unet:`` (:class:`UNetConfig`). The other head's keys are ignored."""
+    exp = dict(spec or {})
+    head = exp.pop("head", "scaledp")
+    if head not in HEADS:
+        raise ValueError(f"policy.expert.head must be one of {sorted(HEADS)}, got {head!r}")
+    unet = dict(exp.pop("unet", None) or {})
+    unknown = set(exp) - set(EXPERT_SIZE_KEYS) - set(EXPERT_DIFFUSION_KEYS) - {"size"}
+    if unknown:
+        raise ValueError(f"policy.expert: unknown keys {sorted(unknown)}")
+    if head == "unet":
+        bad = set(unet) - set(UNET_SIZE_KEYS)
+        if bad:
+            raise ValueError(f"policy.expert.unet: unknown keys {sorted(bad)}")
+        cfg = UNetConfig(**dims, **unet)
+    else:
+        sizes = dict(dims, **{k: exp[k] for k in EXPERT_SIZE_KEYS if k in exp})
+        cfg = ScaleDPConfig.preset(exp["size"], **sizes) if "size" in exp else ScaleDPConfig(**sizes)
+    return ScaleDPExpert(cfg, **{k: exp[k] for k in EXPERT_DIFFUSION_KEYS if k in exp})
 
 
 def backbone_hidden_size(spec: Mapping[str, Any]) -> int:
@@ -97,10 +121,11 @@ class DexVLAPolicy(nn.Module):
         shape_meta: the data contract (checked here and on every call).
         backbone: :class:`DexVLABackbone` arguments (``model_path`` or ``preset``/``config``,
             ``freeze_vision``, ``max_reasoning_tokens``, ``seed``, ``dtype``).
-        expert: ScaleDP size (``size``: S/B/L/H, or ``depth``/``width``/``num_heads``; optional
-            ``mlp_ratio``, ``combine_hidden``) and diffusion settings (``prediction_type``,
-            ``num_train_timesteps``, ``num_inference_steps``, ``beta_schedule``, ``clip_sample``,
-            ``use_reasoning_film``).
+        expert: ``head``: ``scaledp`` (default) or ``unet`` (1-D conditional UNet, sizes under
+            ``unet:``, see :func:`build_expert`); ScaleDP size (``size``: S/B/L/H, or
+            ``depth``/``width``/``num_heads``; optional ``mlp_ratio``, ``combine_hidden``) and
+            diffusion settings (``prediction_type``, ``num_train_timesteps``, ``num_inference_steps``,
+            ``beta_schedule``, ``clip_sample``, ``use_reasoning_film``).
         training_stage: 1 = expert alone (no VLM); 2 / 3 = VLM + projector + expert (same network;
             stage 3 starts from a stage-2 checkpoint).
         reasoning_loss_weight: weight of the LM loss (the reference's ``llm_loss_weight``).
@@ -172,14 +197,8 @@ class DexVLAPolicy(nn.Module):
         elif lora_rank and self.training_stage == 1:
             logger.info("lora_rank=%s ignored in stage 1 (no language model)", lora_rank)
         self.cond_dim = cond_dim
-        exp = dict(expert or {})
-        sizes = dict(action_dim=self.action_dim, horizon=self.action_horizon, cond_dim=cond_dim,
-                     state_dim=self.state_dim, **{k: exp[k] for k in EXPERT_SIZE_KEYS if k in exp})
-        cfg = ScaleDPConfig.preset(exp["size"], **sizes) if "size" in exp else ScaleDPConfig(**sizes)
-        unknown = set(exp) - set(EXPERT_SIZE_KEYS) - set(EXPERT_DIFFUSION_KEYS) - {"size"}
-        if unknown:
-            raise ValueError(f"policy.expert: unknown keys {sorted(unknown)}")
-        self.expert = ScaleDPExpert(cfg, **{k: exp[k] for k in EXPERT_DIFFUSION_KEYS if k in exp})
+        self.expert = build_expert(expert or {}, action_dim=self.action_dim, horizon=self.action_horizon,
+                                   cond_dim=cond_dim, state_dim=self.state_dim)
         if gradient_checkpointing:  # activations recomputed in backward: the 2B presets on GPUs
             self.expert.model.gradient_checkpointing = True
             if self.backbone is not None:

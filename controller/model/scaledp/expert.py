@@ -4,8 +4,9 @@ Inputs are already normalised actions (the policy owns normalisation). The exper
 
 * ``reasoning_film`` (:class:`ReasoningFiLM`, optional): modulates the pooled VLM embedding ``cond``
   (B, D_vlm) with the pooled, projected reasoning hidden states (identity at initialisation);
-* ``model`` (:class:`ScaleDP`): the denoiser, conditioned on the modulated ``cond``, the robot state
-  and the diffusion timestep;
+* ``model``: the denoiser, conditioned on the modulated ``cond``, the robot state and the diffusion
+  timestep: :class:`ScaleDP` (a :class:`ScaleDPConfig`, head ``scaledp``) or the 1-D conditional
+  UNet :class:`~controller.model.scaledp.unet.ConditionalUNet1D` (a :class:`UNetConfig`, head ``unet``);
 * a diffusers ``DDPMScheduler`` (training: forward noising) and a ``DDIMScheduler`` (sampling,
   ``eta = 0``: deterministic given the initial noise), both with the same beta schedule.
 
@@ -16,7 +17,7 @@ loss does not depend on what the data loader wrote there.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -25,8 +26,19 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from controller.model.scaledp.film import ReasoningFiLM
 from controller.model.scaledp.scaledp import ScaleDP, ScaleDPConfig
+from controller.model.scaledp.unet import ConditionalUNet1D, UNetConfig
 
 PREDICTION_TYPES = ("epsilon", "sample")
+#: action heads of the expert: name -> (config class, network class)
+HEADS = {"scaledp": (ScaleDPConfig, ScaleDP), "unet": (UNetConfig, ConditionalUNet1D)}
+
+
+def build_head(config: Union[ScaleDPConfig, UNetConfig]) -> nn.Module:
+    """The denoiser for a config: :class:`ScaleDP` or :class:`ConditionalUNet1D`."""
+    for config_cls, net_cls in HEADS.values():
+        if isinstance(config, config_cls):
+            return net_cls(config)
+    raise TypeError(f"expert config must be a ScaleDPConfig or UNetConfig, got {type(config).__name__}")
 
 
 def hold_last_valid(actions: torch.Tensor, is_pad: Optional[torch.Tensor]) -> torch.Tensor:
@@ -44,10 +56,11 @@ def hold_last_valid(actions: torch.Tensor, is_pad: Optional[torch.Tensor]) -> to
 
 
 class ScaleDPExpert(nn.Module):
-    """Diffusion action expert built around :class:`ScaleDP`.
+    """Diffusion action expert built around :class:`ScaleDP` or the 1-D conditional UNet.
 
     Args:
-        config: the network sizes (:class:`ScaleDPConfig`, e.g. ``ScaleDPConfig.preset("H", ...)``).
+        config: the network sizes: :class:`ScaleDPConfig` (e.g. ``ScaleDPConfig.preset("H", ...)``)
+            for the ScaleDP head, :class:`UNetConfig` for the UNet head.
         prediction_type: ``"epsilon"`` (predict the noise; DexVLA's choice) or ``"sample"``
             (predict the clean chunk).
         num_train_timesteps: diffusion steps of the training schedule (DexVLA: 100).
@@ -58,7 +71,7 @@ class ScaleDPExpert(nn.Module):
         reasoning_dim: width of the reasoning hidden states (default: ``config.cond_dim``).
     """
 
-    def __init__(self, config: ScaleDPConfig, prediction_type: str = "epsilon",
+    def __init__(self, config: Union[ScaleDPConfig, UNetConfig], prediction_type: str = "epsilon",
                  num_train_timesteps: int = 100, num_inference_steps: int = 10,
                  beta_schedule: str = "squaredcos_cap_v2", clip_sample: bool = True,
                  use_reasoning_film: bool = True, reasoning_dim: Optional[int] = None) -> None:
@@ -68,7 +81,8 @@ class ScaleDPExpert(nn.Module):
         self.config = config
         self.prediction_type = prediction_type
         self.num_inference_steps = num_inference_steps
-        self.model = ScaleDP(config)
+        self.model = build_head(config)
+        self.head = "unet" if isinstance(config, UNetConfig) else "scaledp"
         self.reasoning_film = ReasoningFiLM(config.cond_dim, reasoning_dim) if use_reasoning_film else None
         common = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
                       clip_sample=clip_sample, prediction_type=prediction_type)
