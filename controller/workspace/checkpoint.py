@@ -333,10 +333,12 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------- save / load
-def policy_state_for_saving(policy: torch.nn.Module, save_frozen_backbones: bool = True) -> Dict[str, torch.Tensor]:
-    """CPU, contiguous, de-aliased state dict (safetensors refuses shared storage)."""
+def policy_state_for_saving(policy: torch.nn.Module, save_frozen_backbones: bool = True,
+                            state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+    """CPU, contiguous, de-aliased state dict (safetensors refuses shared storage) of ``policy``, or
+    of ``state_dict`` when given (e.g. the full state dict gathered from an FSDP-sharded policy)."""
     out = {}
-    for k, v in policy.state_dict().items():
+    for k, v in (policy.state_dict() if state_dict is None else state_dict).items():
         if not save_frozen_backbones and k.startswith(BACKBONE_PREFIXES):
             continue
         out[k] = v.detach().to("cpu").contiguous().clone()
@@ -345,20 +347,30 @@ def policy_state_for_saving(policy: torch.nn.Module, save_frozen_backbones: bool
 
 def save_checkpoint(ckpt_dir: str, policy: torch.nn.Module, cfg: Any = None, ema=None,
                     training_state: Optional[Dict[str, Any]] = None, meta: Optional[Dict[str, Any]] = None,
-                    save_frozen_backbones: bool = True) -> str:
-    """Write a complete checkpoint directory atomically; returns its path."""
+                    save_frozen_backbones: bool = True, state_dict: Optional[Mapping[str, torch.Tensor]] = None,
+                    ema_state: Optional[Mapping[str, Any]] = None) -> str:
+    """Write a complete checkpoint directory atomically; returns its path.
+
+    ``state_dict`` / ``ema_state`` replace ``policy.state_dict()`` / ``ema.state_dict()`` when
+    given: the full states gathered from an FSDP-sharded policy
+    (:mod:`controller.workspace.fsdp_state`), whose own ``state_dict()`` holds shards."""
     from omegaconf import OmegaConf
 
-    weights = policy_state_for_saving(policy, save_frozen_backbones)
-    ema_weights = ({k: v.detach().cpu().contiguous().clone() for k, v in ema.state_dict()["shadow"].items()}
-                   if ema is not None else None)
+    weights = policy_state_for_saving(policy, save_frozen_backbones, state_dict)
+    if ema_state is None and ema is not None:
+        ema_state = ema.state_dict()
+    ema_weights = ({k: v.detach().cpu().contiguous().clone() for k, v in ema_state["shadow"].items()}
+                   if ema_state is not None else None)
     normalizer = {}
-    if hasattr(policy, "normalizer"):
+    if state_dict is not None:
+        normalizer = {k[len("normalizer."):]: v.detach().cpu().tolist() for k, v in state_dict.items()
+                      if k.startswith("normalizer.")}
+    elif hasattr(policy, "normalizer"):
         normalizer = {k: v.detach().cpu().tolist() for k, v in policy.normalizer.state_dict().items()}
     meta = dict(meta or {})
     meta.update({"format": FORMAT, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                  "torch": torch.__version__, "frozen_backbones_saved": bool(save_frozen_backbones),
-                 "has_ema": ema is not None})
+                 "has_ema": ema_state is not None})
 
     def write(tmp: str) -> None:
         save_file(weights, os.path.join(tmp, MODEL_FILE), metadata=_file_metadata(weights))

@@ -45,6 +45,7 @@ from controller.common.registry import instantiate
 from controller.common.pytorch_util import to_device
 from controller.common.samplers import EpochSeededDataset, EpochShuffleSampler
 from controller.workspace import checkpoint as ckpt_lib
+from controller.workspace import fsdp_state
 from controller.workspace.topk import TopKCheckpointManager
 
 logger = logging.getLogger(__name__)
@@ -276,6 +277,7 @@ class TrainDexGraspVLAControllerWorkspace:
             self.policy.model.compile(**dict(cfg.training.get("compile_options") or {}))
             acc.print("torch.compile: the denoiser (policy.model) is compiled on its first step")
         self.model, self.optimizer = acc.prepare(self.policy, self.optimizer)
+        fsdp_state.shard_ema(self.ema, self.model)  # FSDP2: the EMA shadow sharded like the parameters
 
     # ------------------------------------------------------------------ checkpoint
     def _training_state(self, acc) -> Dict[str, Any]:
@@ -292,19 +294,20 @@ class TrainDexGraspVLAControllerWorkspace:
                    "num_processes": acc.num_processes,
                    "losses": all_gather_object(acc, [float(v) for v in self._mid_epoch["losses"]])}
         return {"epoch": self.epoch, "global_step": self.global_step,
-                "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": fsdp_state.optimizer_state_dict(self.model, self.optimizer),
+                "lr_scheduler": self.lr_scheduler.state_dict(), "ema": fsdp_state.ema_state_dict(self.ema),
                 "rng": capture_all_ranks_rng(acc), "mid_epoch": mid}
 
     def save_checkpoint(self, acc, path: str, metrics: Dict[str, float],
                         extra_meta: Optional[Dict[str, Any]] = None) -> None:
         """Save a checkpoint of the current state (collective: every rank must call)."""
         state = self._training_state(acc)  # collective: every rank must call
+        weights = fsdp_state.full_model_state_dict(self.model)  # FSDP: gathered on rank 0; else None
         if acc.is_main_process:
             meta = {"epoch": self.epoch, "global_step": self.global_step, "metrics": metrics,
                     "trainable_parameters": self.policy.num_trainable_parameters(), **(extra_meta or {})}
             ckpt_lib.save_checkpoint(path, acc.unwrap_model(self.model), cfg=self.cfg, ema=self.ema,
-                                     training_state=state, meta=meta,
+                                     training_state=state, meta=meta, state_dict=weights, ema_state=state["ema"],
                                      save_frozen_backbones=bool(self.cfg.checkpoint.save_frozen_backbones))
         acc.wait_for_everyone()
         if os.path.abspath(path) == os.path.abspath(os.path.join(self.ckpt_dir, "latest")):
@@ -322,12 +325,16 @@ class TrainDexGraspVLAControllerWorkspace:
                 raise
             acc.print(f"training.resume=true but no checkpoint at {path}: starting fresh")
             return
-        ckpt_lib.load_policy_weights(acc.unwrap_model(self.model), path)
+        if fsdp_state.fsdp_version(self.model):  # sharded: scattered from the full tensors (collective)
+            fsdp_state.load_model_weights(self.model, path)
+        else:
+            ckpt_lib.load_policy_weights(acc.unwrap_model(self.model), path)
         state = ckpt_lib.load_training_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        fsdp_state.load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
+            fsdp_state.shard_ema(self.ema, self.model)
         self.epoch = int(state["epoch"]) + 1
         self.global_step = int(state["global_step"])
         mid = state.get("mid_epoch")
