@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 MODES = ("auto", "full", "expert")
 EXPERT_PREFIX = "expert."
+EXPERT_NET_PREFIX = "expert.model."   # the action network (ScaleDP or UNet) inside the expert
 #: safetensors metadata ``format`` of an expert file written by the ScaleDP converter.
 SCALEDP_FORMAT = "scaledp-expert-v1"
 #: where the keys of a ScaleDP expert file go in the policy.
@@ -167,6 +168,17 @@ def load_init_weights(policy: torch.nn.Module, source: str, mode: str = "auto") 
         wanted = sorted(set(own) - set(lora_own))
     else:
         wanted = sorted(k for k in own if k.startswith(EXPERT_PREFIX) and k in shapes)
+        # the action network itself must come whole: a source with another head (ScaleDP vs UNet) or
+        # other depth would otherwise load almost nothing and train on from init without a word
+        # (the condition's input embedding may be absent: the converter drops it on request when the
+        # released expert was trained on another condition width, --drop-cond-obs-emb)
+        absent = sorted(k for k in own if k.startswith(EXPERT_NET_PREFIX) and k not in shapes
+                        and not k.startswith(EXPERT_NET_PREFIX + "cond_obs_emb."))
+        if absent:
+            raise InitFromError(f"policy.init_from='{source}' (mode expert): the source lacks {len(absent)} of the "
+                                f"model's {sum(k.startswith(EXPERT_NET_PREFIX) for k in own)} action-network "
+                                f"tensors ({_fmt(absent)}). Is it the same expert head (policy.expert.head: "
+                                f"scaledp | unet) and depth?")
     wrong = [f"{k}: source {shapes[k]} vs model {tuple(own[k].shape)}" for k in wanted
              if tuple(own[k].shape) != shapes[k]]
     if wrong:

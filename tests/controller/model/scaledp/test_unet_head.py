@@ -147,3 +147,15 @@ def test_stage1_unet_expert_carries_to_stage2(tmp_path):
     ref = s1.expert.sample(cond, state, noise=noise)
     out = s2.eval().expert.sample(cond, state, reasoning, torch.ones(2, 4, dtype=torch.bool), noise=noise)
     assert torch.equal(ref, out)
+
+
+def test_stage1_expert_of_the_other_head_is_refused(tmp_path):
+    """A stage-1 ScaleDP expert cannot start a UNet-head policy (or the reverse): it would load almost
+    nothing, so init_from names the head and the missing action-network tensors."""
+    from controller.policy.dexvla_init import InitFromError
+    from controller.workspace.checkpoint import save_checkpoint
+
+    s1, cfg = _policy(["policy.training_stage=1", "policy.expert.head=scaledp"])
+    ckpt = save_checkpoint(str(tmp_path / "s1"), s1.eval(), cfg=cfg)
+    with pytest.raises(InitFromError, match=r"action-network tensors .*expert\.model\.down.*policy\.expert\.head"):
+        _policy([f"policy.init_from={ckpt}"])
