@@ -140,16 +140,25 @@ def test_reference_state_dict_names():
 
 
 def test_condition_cache_keys_are_stored_transposed_and_attend_like_sdpa():
-    """The cache keeps keys as (B, h, d, L) memory; the cross-attention's inference path multiplies
-    by them directly and gives what fused SDPA gives on the same tensors."""
+    """The cache keeps keys and values as (B, h, d, L) memory, equal to the per-block ``project_kv``
+    of the same tokens; the cross-attention's inference path multiplies by them directly and gives
+    what fused SDPA gives on the same tensors."""
     from controller.model.diffusion.layers import attention_keys_transposed
     torch.manual_seed(0)
     dit = TransformerForActionDiffusion(13, 13, 8, n_layer=2, n_head=4, n_emb=64, max_cond_tokens=40).eval()
-    cache = dit.prepare_condition(torch.randn(2, 30, 64))
-    for k, v in zip(cache.keys, cache.values):
+    for blk in dit.blocks:  # a non-trivial k-norm scale and bias
+        torch.nn.init.normal_(blk.cross_attn.k_norm.weight, 1.0, 0.3)
+        torch.nn.init.normal_(blk.cross_attn.kv.bias, 0.0, 0.1)
+    c = torch.randn(2, 31, 64)
+    keys, values = dit.project_condition(c)
+    for blk, k, v in zip(dit.blocks, keys, values):
         assert k.shape == v.shape == (2, 4, 31, 16)
-        assert k.stride(-2) == 1 and k.transpose(-2, -1).is_contiguous() and v.is_contiguous()
+        assert k.stride(-2) == 1 and k.transpose(-2, -1).is_contiguous()
+        assert v.stride(-2) == 1 and v.transpose(-2, -1).is_contiguous()
+        k_ref, v_ref = blk.cross_attn.project_kv(c)
+        torch.testing.assert_close(k, k_ref, atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(v, v_ref, atol=2e-6, rtol=1e-5)
     q = torch.randn(2, 4, 8, 16)
-    k, v = cache.keys[0], cache.values[0]
-    expected = torch.nn.functional.scaled_dot_product_attention(q, k.contiguous(), v)
+    k, v = keys[0], values[0]
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k.contiguous(), v.contiguous())
     torch.testing.assert_close(attention_keys_transposed(q, k, v), expected, atol=1e-6, rtol=1e-5)
