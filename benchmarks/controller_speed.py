@@ -442,7 +442,8 @@ def main() -> None:
         print("\n== side by side with the original DexGraspVLA (paper configuration)", flush=True)
         report["reference"] = reference_side_by_side.side_by_side(
             args.reference_code, args.dinov2_code, repeats, warmup, args.rss_chunks,
-            compile_row=not args.no_compile, rss=not args.no_reference_rss)
+            compile_row=not args.no_compile, rss=not args.no_reference_rss,
+            same_process=args.same_process)
     for part, preset in order:
         entry = report["presets"].setdefault(preset, {})
         if part == "shared":  # builds its own two encoders

@@ -14,24 +14,26 @@ What it does, paper configuration (the original's own ``train_dexgraspvla_contro
 and ``task/grasp.yaml``: 518 px, ViT-B/14 head, ViT-L/14 wrist, DiT 12 x 1024, DDIM 16 steps),
 fp32, batch 1, torch's default threads:
 
-* **time** (one process): the original's policy is built with random weights; the same tensors
-  are mapped into ours with the converter's mapping (:func:`controller.reference_format.map_model_state`,
-  what ``python -m controller.convert_checkpoint`` does to a real checkpoint). Both predict a chunk
-  from the same observation and the same initial noise (the original draws it with
-  ``torch.randn`` after ``torch.manual_seed``; ours gets that tensor), alternately, one of each per
-  round, ``--repeats`` rounds after one warm-up round. Printed: median chunk time of each, the
-  ratio of medians and the median of the per-round ratios, max |difference| of the action chunks.
-  The original runs as its ``inference.py`` does (``torch.no_grad``); ours as ``ChunkPolicy`` does
-  (``torch.inference_mode``, the default fused attention and condition K/V cache).
-  ``--compile`` adds ours under ``compile_for_inference`` as a third alternated row.
-* **peak RSS** (one child process per implementation, run one after another): each loads the
-  same weights from a file the way it loads a checkpoint -- the original ``torch.load`` of its
-  dill-pickled payload + ``load_state_dict`` (its ``BaseWorkspace.load_payload``), after building
-  its policy (DINOv2 with ``pretrained=False``: the real original also downloads and loads the hub
-  weights first, so it is heavier than measured here); ours ``ChunkPolicy.from_checkpoint`` (the
-  deployment path: ``load_policy`` + glibc ``keep_freed_memory``) -- then predicts
-  ``--rss-chunks`` chunks. Each child reports its ``VmHWM`` (peak resident set) and its
-  ``VmRSS`` after each stage.
+* **time**: the original's policy is built with random weights; the same tensors are mapped into
+  ours with the converter's mapping (:func:`controller.reference_format.map_model_state`, what
+  ``python -m controller.convert_checkpoint`` does to a real checkpoint), and both are written to
+  disk. Each implementation then runs in a child process of its own, loaded as it deploys: the
+  original ``torch.load``s its dill-pickled payload + ``load_state_dict`` (its
+  ``BaseWorkspace.load_payload``; DINOv2 built with ``pretrained=False`` -- the real original also
+  loads the hub weights first, so it is heavier than measured here), ours
+  ``ChunkPolicy.from_checkpoint`` (``load_policy`` + glibc ``keep_freed_memory``, the deployment
+  default). The children stay alive together and predict one chunk each per round, in turn
+  (``--repeats`` rounds after one warm-up round), from the same observation and the same initial
+  noise (the original draws it with ``torch.randn`` after ``torch.manual_seed``; ours gets that
+  tensor). Printed: median chunk time of each, the ratio of medians and the median of the
+  per-round ratios, max |difference| of the action chunks (sent back to this process). The
+  original runs as its ``inference.py`` does (``torch.no_grad``); ours as ``ChunkPolicy`` does
+  (``torch.inference_mode``). ``--compile`` adds ours under ``compile_for_inference`` as a third
+  child. ``--same-process`` times both in this one process instead (the original's modules under
+  an alias), where the allocator and caches are shared between them.
+* **peak RSS**: each child's ``VmHWM`` (peak resident set) while building + loading and while
+  predicting, and its ``VmRSS`` after each stage (with ``--same-process``: separate children, one
+  after another, ``--rss-chunks`` chunks each).
 """
 from __future__ import annotations
 
@@ -243,7 +245,9 @@ def run_ours(policy, obs):
 
 # ---------------------------------------------------------------------------- child processes
 def child_main(args) -> None:
-    """One implementation in this process: build, load ``--weights``, predict ``--rss-chunks`` chunks."""
+    """One implementation in this process: build, load ``--weights``, then predict one chunk per
+    ``chunk`` line on stdin (answering ``CHUNK {seconds, actions}``) until ``end``; then ``RESULT``
+    with the peak RSS (load / predicting) and the RSS after each stage."""
     stages = [("started", proc_status_gb("VmRSS"))]
     obs = paper_obs()
     chunk_s = []
@@ -257,20 +261,23 @@ def child_main(args) -> None:
         policy.load_state_dict(payload["state_dicts"]["model"])
         del payload
         stages.append(("weights loaded", proc_status_gb("VmRSS")))
-        peak_load, reset = proc_status_gb("VmHWM"), reset_peak_rss()
-        for _ in range(args.rss_chunks):
-            chunk_s.append(run_original(policy, obs)[0])
-            stages.append((f"chunk {len(chunk_s)}", proc_status_gb("VmRSS")))
+        run = lambda: run_original(policy, obs)  # noqa: E731
     else:
         sys.path.insert(0, REPO)
         from controller.policy.chunk_runner import ChunkPolicy
         cp = ChunkPolicy.from_checkpoint(args.weights, precision="fp32", compile=args.child == "ours-compiled")
         stages.append(("built + weights loaded", proc_status_gb("VmRSS")))
-        peak_load, reset = proc_status_gb("VmHWM"), reset_peak_rss()
-        for _ in range(args.rss_chunks):
-            chunk_s.append(run_ours(cp.policy, obs)[0])
-            stages.append((f"chunk {len(chunk_s)}" + (" (compiles)" if args.child == "ours-compiled"
-                                                      and len(chunk_s) == 1 else ""), proc_status_gb("VmRSS")))
+        run = lambda: run_ours(cp.policy, obs)  # noqa: E731
+    peak_load, reset = proc_status_gb("VmHWM"), reset_peak_rss()
+    print("READY", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "chunk":
+            break
+        dt, actions = run()
+        chunk_s.append(dt)
+        note = " (compiles)" if args.child == "ours-compiled" and len(chunk_s) == 1 else ""
+        stages.append((f"chunk {len(chunk_s)}{note}", proc_status_gb("VmRSS")))
+        print("CHUNK " + json.dumps({"s": dt, "actions": actions.float().tolist()}), flush=True)
     peak_predict = proc_status_gb("VmHWM")
     print("RESULT " + json.dumps({"which": args.child, "peak_rss_gb": max(peak_load, peak_predict),
                                   "peak_build_load_gb": peak_load,
@@ -278,56 +285,48 @@ def child_main(args) -> None:
                                   "stages": stages, "chunk_s": chunk_s}), flush=True)
 
 
-def run_child(which: str, weights: str, args, conf: Dict[str, Any]) -> Dict[str, Any]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", which, "--weights", weights,
-           "--rss-chunks", str(args.rss_chunks), "--reference-code", args.reference_code,
-           "--dinov2-code", args.dinov2_code, "--config", json.dumps(conf)]
-    print(f"  child process: {which} ...", flush=True)
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
-    if res.returncode != 0 or not lines:
-        raise RuntimeError(f"child {which} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    out = json.loads(lines[-1][len("RESULT "):])
-    print(f"  child process: {which}: peak RSS {out['peak_rss_gb']:.2f} GB", flush=True)
-    return out
+class Worker:
+    """One implementation in a child process of its own (:func:`child_main`), driven chunk by chunk."""
+
+    def __init__(self, which: str, weights: str, args, conf: Dict[str, Any]) -> None:
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", which, "--weights", weights,
+               "--reference-code", args.reference_code, "--dinov2-code", args.dinov2_code,
+               "--config", json.dumps(conf)]
+        print(f"  child process: {which}: loading ...", flush=True)
+        self.which = which
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, cwd=REPO)
+        self._read("READY")
+
+    def _read(self, tag: str) -> str:
+        for line in self.proc.stdout:
+            if line.startswith(tag):
+                return line[len(tag):].strip()
+        err = self.proc.stderr.read()
+        raise RuntimeError(f"child {self.which} ended before '{tag}' (exit {self.proc.wait()}):\n{err[-3000:]}")
+
+    def chunk(self) -> tuple[float, torch.Tensor]:
+        """Predict one chunk in the child: (seconds, actions)."""
+        self.proc.stdin.write("chunk\n")
+        self.proc.stdin.flush()
+        out = json.loads(self._read("CHUNK "))
+        return out["s"], torch.tensor(out["actions"])
+
+    def finish(self) -> Dict[str, Any]:
+        """Stop the child; its peak RSS and per-stage RSS."""
+        self.proc.stdin.write("end\n")
+        self.proc.stdin.flush()
+        out = json.loads(self._read("RESULT "))
+        self.proc.wait()
+        print(f"  child process: {self.which}: peak RSS {out['peak_rss_gb']:.2f} GB", flush=True)
+        return out
 
 
 # ---------------------------------------------------------------------------- the comparison
-def side_by_side(reference_code: str, dinov2_code: str, repeats: int = 3, warmup: bool = True,
-                 rss_chunks: int = 2, compile_row: bool = False, rss: bool = True) -> Dict[str, Any]:
-    """Build both, time them alternately, compare actions; then peak RSS in child processes."""
-    args = argparse.Namespace(reference_code=os.path.abspath(reference_code), dinov2_code=os.path.abspath(dinov2_code),
-                              rss_chunks=max(1, int(rss_chunks)))
-    conf = original_paper_config(args.reference_code)
-    t = time.perf_counter()
-    original = build_original(args.reference_code, args.dinov2_code, conf)
-    from tests.controller.conftest import fitted_normalizer
-    original.normalizer.load_state_dict(fitted_normalizer().state_dict())
-    ours = ours_from_original(original)
-    build_s = time.perf_counter() - t
-    obs = paper_obs(int(conf["shape_meta"]["obs"]["rgbm"]["shape"][-1]))
-    runners = {"original": lambda: run_original(original, obs), "ours, eager": lambda: run_ours(ours, obs)}
-    compile_s = None
-    if compile_row:
-        import copy
-        twin = copy.deepcopy(ours)
-        twin.compile_for_inference()
-        compile_s = run_ours(twin, obs)[0]
-        runners["ours, compiled"] = lambda: run_ours(twin, obs)
-    times: Dict[str, List[float]] = {k: [] for k in runners}
-    actions: Dict[str, torch.Tensor] = {}
-    if warmup:
-        for name, run in runners.items():
-            actions[name] = run()[1]
-    for r in range(repeats):
-        for name, run in runners.items():
-            dt, a = run()
-            times[name].append(dt)
-            actions.setdefault(name, a)
-            print(f"  round {r}: {name}: {dt:.2f} s", flush=True)
+def _rows(times: Dict[str, List[float]], actions: Dict[str, torch.Tensor], compile_s) -> List[Dict[str, Any]]:
     base = actions["original"].float()
     rows = []
-    for name in runners:
+    for name in times:
         med = statistics.median(times[name])
         paired = [o / x for o, x in zip(times["original"], times[name])]
         rows.append({"row": name, "chunk_s": med, "runs_s": times[name],
@@ -335,26 +334,94 @@ def side_by_side(reference_code: str, dinov2_code: str, repeats: int = 3, warmup
                      "speedup_paired_median": statistics.median(paired),
                      "max_abs_diff_vs_original": float((actions[name].float() - base).abs().max()),
                      "compile_s": compile_s if name == "ours, compiled" else None})
+    return rows
+
+
+def _alternate(runners: Dict[str, Any], repeats: int, warmup: bool):
+    """Warm-up round (if asked), then ``repeats`` rounds of one chunk per runner in turn."""
+    times: Dict[str, List[float]] = {k: [] for k in runners}
+    actions: Dict[str, torch.Tensor] = {}
+    first: Dict[str, float] = {}
+    if warmup:
+        for name, run in runners.items():
+            first[name], actions[name] = run()
+    for r in range(repeats):
+        for name, run in runners.items():
+            dt, a = run()
+            times[name].append(dt)
+            actions.setdefault(name, a)
+            print(f"  round {r}: {name}: {dt:.2f} s", flush=True)
+    return times, actions, first
+
+
+def side_by_side(reference_code: str, dinov2_code: str, repeats: int = 3, warmup: bool = True,
+                 rss_chunks: int = 2, compile_row: bool = False, rss: bool = True,
+                 same_process: bool = False) -> Dict[str, Any]:
+    """Build both from the same tensors; time them alternately and compare actions; peak RSS.
+
+    Default: each implementation in a child process of its own, loaded as it deploys (the original
+    from its dill payload, ours with ``ChunkPolicy.from_checkpoint``), the children alive together
+    and driven one chunk each per round. ``same_process``: both in this process (the original's
+    modules under an alias), then separate children for peak RSS only.
+    """
+    args = argparse.Namespace(reference_code=os.path.abspath(reference_code), dinov2_code=os.path.abspath(dinov2_code))
+    conf = original_paper_config(args.reference_code)
+    t = time.perf_counter()
+    original = build_original(args.reference_code, args.dinov2_code, conf)
+    # our modules only now: the original's imports run with its own ``controller`` package in place
+    import dill
+    from controller.workspace.checkpoint import save_checkpoint
+    from tests.controller.conftest import compose_cfg, fitted_normalizer
+    original.normalizer.load_state_dict(fitted_normalizer().state_dict())
+    ours = ours_from_original(original)
+    build_s = time.perf_counter() - t
+    obs = paper_obs(int(conf["shape_meta"]["obs"]["rgbm"]["shape"][-1]))
     result = {"config": {k: conf[k] for k in ("num_inference_steps", "n_layer", "n_head")},
               "image_size": int(conf["shape_meta"]["obs"]["rgbm"]["shape"][-1]),
               "backbones": {k: v["model_type"] for k, v in conf["obs_encoder"]["model_config"].items()},
               "mapping": ours.mapping_counts, "build_s": build_s, "threads": torch.get_num_threads(),
-              "repeats": repeats, "rows": rows, "rss": None}
-    if rss:
-        import dill
-        from controller.workspace.checkpoint import save_checkpoint
-        from tests.controller.conftest import compose_cfg
-        with tempfile.TemporaryDirectory(prefix="side_by_side_") as tmp:
-            ref_file = os.path.join(tmp, "original.ckpt")
-            torch.save({"cfg": None, "state_dicts": {"model": original.state_dict()}, "pickles": {}},
-                       ref_file, pickle_module=dill)
-            ours_dir = save_checkpoint(os.path.join(tmp, "ours"), ours, cfg=compose_cfg(["policy=paper"]))
-            del original, ours, runners
-            if compile_row:
-                del twin
-            children = [("original", ref_file), ("ours", ours_dir)] + ([("ours-compiled", ours_dir)]
-                                                                      if compile_row else [])
-            result["rss"] = {w: run_child(w, path, args, conf) for w, path in children}
+              "repeats": repeats, "mode": "one process" if same_process else "one process per implementation",
+              "rss": None}
+    compile_s = None
+    if same_process:
+        runners = {"original": lambda: run_original(original, obs), "ours, eager": lambda: run_ours(ours, obs)}
+        if compile_row:
+            import copy
+            twin = copy.deepcopy(ours)
+            twin.compile_for_inference()
+            compile_s = run_ours(twin, obs)[0]
+            runners["ours, compiled"] = lambda: run_ours(twin, obs)
+        times, actions, _ = _alternate(runners, repeats, warmup)
+        result["rows"] = _rows(times, actions, compile_s)
+        del runners
+        if compile_row:
+            del twin
+    with tempfile.TemporaryDirectory(prefix="side_by_side_") as tmp:
+        ref_file = os.path.join(tmp, "original.ckpt")
+        torch.save({"cfg": None, "state_dicts": {"model": original.state_dict()}, "pickles": {}},
+                   ref_file, pickle_module=dill)
+        ours_dir = save_checkpoint(os.path.join(tmp, "ours"), ours, cfg=compose_cfg(["policy=paper"]))
+        del original, ours
+        import gc
+        gc.collect()
+        children = [("original", "original", ref_file), ("ours, eager", "ours", ours_dir)] + (
+            [("ours, compiled", "ours-compiled", ours_dir)] if compile_row else [])
+        if same_process:
+            if rss:  # one child at a time, rss_chunks chunks each
+                result["rss"] = {}
+                for _, which, path in children:
+                    w = Worker(which, path, args, conf)
+                    for _ in range(max(1, rss_chunks)):
+                        w.chunk()
+                    result["rss"][which] = w.finish()
+            return result
+        workers = {row: Worker(which, path, args, conf) for row, which, path in children}
+        runners = {row: w.chunk for row, w in workers.items()}
+        times, actions, first = _alternate(runners, repeats, warmup)
+        if compile_row and "ours, compiled" in first:
+            compile_s = first["ours, compiled"]
+        result["rows"] = _rows(times, actions, compile_s)
+        result["rss"] = {which: workers[row].finish() for row, which, _ in children}
     return result
 
 
@@ -384,7 +451,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--dinov2-code", default=None,
                     help="checkout of facebookresearch/dinov2 (the original's torch.hub DINOv2, loaded locally)")
     ap.add_argument("--rss-chunks", type=int, default=2, help="chunks each peak-RSS child process predicts")
-    ap.add_argument("--no-reference-rss", action="store_true", help="skip the peak-RSS child processes")
+    ap.add_argument("--no-reference-rss", action="store_true",
+                    help="with --same-process: skip the peak-RSS child processes")
+    ap.add_argument("--same-process", action="store_true",
+                    help="time both implementations in this one process (default: one child process each, alternated)")
 
 
 def main() -> None:
@@ -405,7 +475,7 @@ def main() -> None:
     sys.path.insert(0, REPO)
     repeats, warmup = (1, False) if args.quick else (max(1, args.repeats), True)
     res = side_by_side(args.reference_code, args.dinov2_code, repeats, warmup, args.rss_chunks, args.compile,
-                       rss=not args.no_reference_rss)
+                       rss=not args.no_reference_rss, same_process=args.same_process)
     res.update(torch=torch.__version__, cpu_count=os.cpu_count(), load_avg=os.getloadavg())
     print_side_by_side(res)
     os.makedirs(args.out, exist_ok=True)
