@@ -132,6 +132,9 @@ def main(argv=None) -> int:
                     help="hierarchy_true_mask: the planner's object with its ground-truth mask (diagnostic); "
                          "dexvla: a DexVLA checkpoint on the instruction, no mask (--dexvla-checkpoint)")
     ap.add_argument("--time-limit", type=float, default=15.0)
+    ap.add_argument("--rolling-friction", action="store_true",
+                   help="rolling and torsional friction on object contacts (condim 6, sim/mjcf.py), as the data "
+                        "was collected with (sim.collect --rolling-friction); off by default")
     ap.add_argument("--lh-objects", type=int, nargs=2, default=(4, 8), metavar=("MIN", "MAX"),
                     help="column clear_table: objects per scene")
     ap.add_argument("--lh-max-attempts", type=int, default=12, help="column clear_table: loop.max_attempts")
@@ -213,7 +216,7 @@ def main(argv=None) -> int:
         from controller.policy.dexvla_runner import DexVLAChunkPolicy
         dexvla = DexVLAChunkPolicy.from_checkpoint(args.dexvla_checkpoint, temporal_ensemble=decay,
                                                    num_samples=args.dexvla_num_samples)
-    config = SimConfig(time_limit_s=args.time_limit)
+    config = SimConfig(time_limit_s=args.time_limit, rolling_friction=args.rolling_friction)
     rows = {}
     for split in args.splits:
         row = {}
@@ -278,7 +281,8 @@ def clear_table_column(args, split: str, decay, n_samples: int) -> dict:
     from planner.server.background import serve_in_thread
     from sim.long_horizon import column_stats, run_episode
     te = "null" if decay is None else str(decay)
-    extra = [f"controller.temporal_ensemble={te}", f"controller.num_samples={n_samples}", "controller.device=cpu"]
+    extra = [f"controller.temporal_ensemble={te}", f"controller.num_samples={n_samples}", "controller.device=cpu",
+             f"sim.rolling_friction={str(bool(args.rolling_friction)).lower()}"]
     recs, t = [], time.time()
     with serve_in_thread(create_app()) as base_url:
         for i in tqdm(range(args.episodes), desc=f"clear_table {split}", unit="ep"):

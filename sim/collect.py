@@ -104,7 +104,8 @@ def _as_episode(frames: dict) -> dict:
 def collect(out: str, episodes: int, split: str = "train", seed: int = 0, workers: int = 1,
             n_objects: tuple[int, int] = (4, 10), clutter: str = "normal", keep_failed: bool = False,
             zarr_format: int = 2, progress: bool = True, action_noise: float = 0.0,
-            target: str = "scene", table: str = "presets", recovery: bool = False) -> dict:
+            target: str = "scene", table: str = "presets", recovery: bool = False,
+            rolling_friction: bool = False) -> dict:
     """Collect ``episodes`` expert episodes into ``out``; returns a summary dict.
 
     ``action_noise`` > 0 perturbs the executed arm targets (recorded actions stay clean; see
@@ -115,7 +116,8 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
     (``SimConfig.table_appearance``; held-out table colours are excluded). ``recovery`` records
     grasps that start after a staged, unrecorded miss (:mod:`sim.recovery`); misses that caught
     or knocked away the target, or left it rolling, are skipped (counted in ``skipped``), so more
-    scene seeds are tried (at most ``6 * episodes + 10``)."""
+    scene seeds are tried (at most ``6 * episodes + 10``). ``rolling_friction``: the contacts of
+    ``SimConfig.rolling_friction`` (condim 6), for data the evaluation will also run with it."""
     from sim.expert import TARGET_CHOICES
     check_split(split)
     if episodes < 1:
@@ -128,7 +130,8 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
         raise SimConfigError(f"action_noise must be in [0, 0.2] (normalised joint units), got {action_noise}")
     if target not in TARGET_CHOICES:
         raise SimConfigError(f"target must be one of {', '.join(TARGET_CHOICES)}, got {target!r}")
-    config = SimConfig(n_objects=tuple(n_objects), clutter=clutter, split=split, table_appearance=table)
+    config = SimConfig(n_objects=tuple(n_objects), clutter=clutter, split=split, table_appearance=table,
+                       rolling_friction=bool(rolling_friction))
     writer = open_store(out, (config.image_height, config.image_width), zarr_format)
     max_attempts = (6 if recovery else 2) * episodes + 10
     jobs = [(seed + i, split, float(action_noise), target, bool(recovery)) for i in range(max_attempts)]
@@ -187,14 +190,14 @@ def collect(out: str, episodes: int, split: str = "train", seed: int = 0, worker
                "seeds": seeds_used, "mean_steps": float(sum(lengths) / max(len(lengths), 1)),
                "total_episodes_in_store": writer.n_episodes, "total_frames_in_store": writer.n_steps,
                "elapsed_s": elapsed, "episodes_per_min": 60.0 * (stored + len(failed)) / max(elapsed, 1e-9),
-               "recovery": bool(recovery),
+               "recovery": bool(recovery), "rolling_friction": bool(rolling_friction),
                "n_objects": list(n_objects), "clutter": clutter, "keep_failed": keep_failed,
                "action_noise": float(action_noise), "target": target, "table": table,
                "interrupted": interrupted}
     history = list(writer.root.attrs.get("sim_collect", []))  # provenance of every collection run
     history.append({k: summary[k] for k in ("split", "stored", "seeds", "failed_seeds", "skipped_seeds", "n_objects",
                                             "clutter", "action_noise", "target", "table", "recovery",
-                                            "interrupted")})
+                                            "rolling_friction", "interrupted")})
     writer.root.attrs["sim_collect"] = history
     if stored < episodes and not interrupted:
         print(f"warning: only {stored}/{episodes} successful episodes after {max_attempts} attempts",
@@ -226,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", default="presets", choices=TABLE_APPEARANCES,
                    help="table appearance: the split's presets, or a procedural table per scene (random "
                         "colour, texture and contrast, kept clear of the held-out tables' colours)")
+    p.add_argument("--rolling-friction", action="store_true", help="rolling and torsional friction on object contacts (MuJoCo condim 6, see sim/mjcf.py); off by default: the shipped controller was trained and measured without it")
     p.add_argument("--recovery", action="store_true",
                    help="recovery demonstrations: the expert first misses the target on purpose (not recorded), "
                         "then grasps it from the raised, closed hand (see sim/recovery.py)")
@@ -240,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         check_split(args.split)
         s = collect(args.out, args.episodes, args.split, args.seed, args.workers, tuple(args.objects),
                     args.clutter, args.keep_failed, args.zarr_format, action_noise=args.action_noise,
-                    target=args.target, table=args.table, recovery=args.recovery)
+                    target=args.target, table=args.table, recovery=args.recovery,
+                    rolling_friction=args.rolling_friction)
     except (SimConfigError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -253,12 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--viz-save", default=None, metavar="PATH", help="--viz rerun: save the stream to this .rrd")
     p.add_argument("--viz-connect", default=None, metavar="HOST:PORT",
                    help="--viz rerun: stream to a running rerun viewer there")
+    p.add_argument("--rolling-friction", action="store_true",
+                   help="rolling and torsional friction on object contacts (condim 6, sim/mjcf.py), as the data "
+                        "was collected with (sim.collect --rolling-friction); off by default")
     args = p.parse_args(argv)
     splits = list(SPLITS) if args.split == ["all"] else args.split
     try:
         for s in splits:
             check_split(s)
-        config = SimConfig(n_objects=tuple(args.objects))
+        config = SimConfig(n_objects=tuple(args.objects), rolling_friction=args.rolling_friction)
         if args.time_limit is not None:
             config = config.with_(time_limit_s=float(args.time_limit))
         decay = parse_decay(args.temporal_ensemble)

@@ -51,6 +51,7 @@ def sim_config_from(cfg_sim: Mapping[str, Any], control_hz: float) -> Any:
         image_height=int(cfg_sim.get("image_height", 480)),
         image_width=int(cfg_sim.get("image_width", 640)),
         camera_jitter=bool(cfg_sim.get("camera_jitter", True)),
+        rolling_friction=bool(cfg_sim.get("rolling_friction", False)),
         control_hz=float(control_hz),
         time_limit_s=1.0e6,           # the loop enforces its own limits
         terminate_on_success=False,

@@ -150,3 +150,23 @@ def test_stop_signal_keeps_what_was_collected(tmp_path, workers):
     _check_store(out, n)
     assert root.attrs["sim_collect"][-1]["interrupted"] is True
     assert root.attrs["sim_collect"][-1]["stored"] == n
+
+
+def test_rolling_friction_flag_reaches_the_simulator(tmp_path, monkeypatch):
+    """``--rolling-friction`` builds the collecting simulator with condim-6 contacts and is recorded
+    in the store's provenance (the evaluation must then run with the same physics)."""
+    import sim.env
+
+    seen = []
+    real = sim.env.GraspEnv
+
+    class Recording(real):
+        def __init__(self, config=None, *args, **kwargs):
+            seen.append(config.rolling_friction)
+            super().__init__(config, *args, **kwargs)   # condim 6 from this flag: test_rolling_friction.py
+
+    monkeypatch.setattr(sim.env, "GraspEnv", Recording)
+    out = tmp_path / "rf.zarr"
+    assert main(["--out", str(out), "--episodes", "1", "--objects", "4", "5", "--seed", "3", "--rolling-friction"]) == 0
+    assert seen == [True]
+    assert zarr.open_group(str(out), mode="r").attrs["sim_collect"][-1]["rolling_friction"] is True

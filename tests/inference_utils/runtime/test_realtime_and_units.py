@@ -125,3 +125,10 @@ def test_sim_devices_clamp_and_step(tmp_path):
         assert image.shape == (64, 80, 3) and image.dtype == np.uint8 and stamp == session.time
     finally:
         sim_devices.close_session()
+
+
+def test_sim_config_from_carries_rolling_friction():
+    """``sim.rolling_friction`` of the runtime config reaches the simulator's physics option."""
+    from inference_utils.runtime.environment import sim_config_from
+    assert sim_config_from({"n_objects": [1, 1]}, 20.0).rolling_friction is False
+    assert sim_config_from({"n_objects": [1, 1], "rolling_friction": True}, 20.0).rolling_friction is True
