@@ -268,7 +268,8 @@ def main(argv=None) -> int:
             row["clear_table"] = clear_table_column(args, split, decay, n_samples)
         rows[split] = row
 
-    write_report(checkpoint, args.episodes, rows, args.out, dexvla_checkpoint=dexvla_source)
+    write_report(checkpoint, args.episodes, rows, args.out, dexvla_checkpoint=dexvla_source,
+                 rolling_friction=args.rolling_friction)
     return 0
 
 
@@ -332,7 +333,8 @@ def render_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(checkpoint: str, episodes: int, rows: dict, out_dir: str, dexvla_checkpoint: str = None) -> None:
+def write_report(checkpoint: str, episodes: int, rows: dict, out_dir: str, dexvla_checkpoint: str = None,
+                 rolling_friction: bool = False) -> None:
     """Print the table and write ``sim_success.json`` / ``.md`` under ``out_dir``."""
     table = render_table(rows)
     print(table)
@@ -340,6 +342,9 @@ def write_report(checkpoint: str, episodes: int, rows: dict, out_dir: str, dexvl
     out.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": checkpoint, "episodes": episodes, "rows": rows}
     parts = [f"Checkpoint: `{checkpoint}`"] if checkpoint or not dexvla_checkpoint else []
+    if rolling_friction:  # the physics the episodes ran with (sim.collect --rolling-friction data)
+        report["rolling_friction"] = True
+        parts.append("physics: rolling friction (condim 6)")
     if dexvla_checkpoint:
         report["dexvla_checkpoint"] = dexvla_checkpoint
         parts.append(f"DexVLA checkpoint: `{dexvla_checkpoint}`")
