@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from controller.workspace import checkpoint as ckpt_lib
+from tests.controller.workspace.fsdp_dexvla_worker import batch_for as _batch
 
 OVERRIDES = ["task=sim_grasp", "n_action_steps=16", "training.use_ema=true"]
 
@@ -46,16 +47,6 @@ class _Acc:
     @staticmethod
     def unwrap_model(model):
         return model
-
-
-def _batch(policy, rank: int):
-    g = torch.Generator().manual_seed(10 + rank)
-    H, A, S = policy.action_horizon, policy.action_dim, policy.state_dim
-    obs = {"rgbm": torch.rand(2, 1, 4, 56, 56, generator=g), "right_cam_img": torch.rand(2, 1, 3, 56, 56, generator=g),
-           "right_state": torch.rand(2, 1, S, generator=g)}
-    return {"obs": obs, "action": torch.rand(2, H, A, generator=g) * 2 - 1,
-            "action_is_pad": torch.zeros(2, H, dtype=torch.bool), "language": ["grasp the red box"] * 2,
-            "reasoning": ["approach", "lift"]}
 
 
 def _build(perturb: bool):

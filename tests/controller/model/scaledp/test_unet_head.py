@@ -7,13 +7,7 @@ import torch
 from controller.model.scaledp import ConditionalUNet1D, ScaleDPExpert, UNetConfig, count_parameters
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and much faster on a shared, loaded CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(horizon=64, **kw):
