@@ -16,6 +16,7 @@ from planner.types import (
     BBoxFormat,
     BoxPrediction,
     CompletionCheck,
+    FailedTarget,
     GraspVerification,
     Instruction,
     PlannerError,
@@ -25,6 +26,7 @@ from planner.types import (
 
 __all__ = [
     "API_KEY_ENV_VARS", "BACKENDS", "BBox", "BBoxFormat", "BoxPrediction", "ChatTransport", "CompletionCheck",
-    "DexGraspVLAPlanner", "GraspVerification", "HTTPTransport", "Instruction", "PlannerError", "PlannerLogger",
+    "DexGraspVLAPlanner", "FailedTarget", "GraspVerification", "HTTPTransport", "Instruction", "PlannerError",
+    "PlannerLogger",
     "PromptUnderstanding", "Task", "resolve_api_key",
 ]

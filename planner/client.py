@@ -61,7 +61,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, TypeVar, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -90,6 +90,7 @@ from planner.types import (
     BBoxFormat,
     BoxPrediction,
     CompletionCheck,
+    FailedTarget,
     GraspVerification,
     Instruction,
     PlannerError,
@@ -337,9 +338,11 @@ class DexGraspVLAPlanner:
         return self._run(prompts.understand_prompt(user_prompt, initial_head), parse)
 
     def propose_instruction(
-        self, user_prompt: str, initial_head: np.ndarray, current_head: np.ndarray
+        self, user_prompt: str, initial_head: np.ndarray, current_head: np.ndarray,
+        avoid: Sequence[FailedTarget] = (),
     ) -> Instruction:
-        """One sentence naming the next object to grasp (colour, shape, position)."""
+        """One sentence naming the next object to grasp (colour, shape, position), avoiding the
+        objects in ``avoid`` (earlier failed attempts) while the prompt allows another one."""
 
         def parse(reply: str) -> Instruction:
             try:
@@ -360,7 +363,7 @@ class DexGraspVLAPlanner:
                 raw=reply,
             )
 
-        return self._run(prompts.propose_instruction(user_prompt, initial_head, current_head), parse)
+        return self._run(prompts.propose_instruction(user_prompt, initial_head, current_head, avoid), parse)
 
     def predict_bbox(self, instruction: str, current_head: np.ndarray) -> BoxPrediction:
         """The box (absolute pixels, clamped) of the object the instruction names."""

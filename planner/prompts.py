@@ -13,11 +13,11 @@ would topple others).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from planner.types import BBox, BBoxFormat, Task
+from planner.types import BBox, BBoxFormat, FailedTarget, Task
 
 SYSTEM_PROMPT = (
     "You are the high-level planner of a robot with one arm and a five-fingered hand that "
@@ -85,8 +85,27 @@ def understand_prompt(user_prompt: str, initial_head: Optional[np.ndarray] = Non
     return Prompt(Task.UNDERSTAND_PROMPT, SYSTEM_PROMPT, parts)
 
 
-def propose_instruction(user_prompt: str, initial_head: np.ndarray, current_head: np.ndarray) -> Prompt:
-    """Prompt asking for one sentence that names the next object to grasp."""
+def failed_targets_text(avoid: Sequence[FailedTarget]) -> str:
+    """The prompt lines listing objects that earlier attempts failed to grasp ('' when none).
+
+    One ``- avoid: <label> at box [x1, y1, x2, y2], failed <n> time(s)`` line per object, boxes in
+    absolute pixels of image 2 (the offline planner reads these lines; a VLM reads the sentence)."""
+    if not avoid:
+        return ""
+    lines = ["Objects the robot already failed to grasp in this task (boxes in absolute pixels "
+             "[x1, y1, x2, y2] of image 2 when they were tried; a failed grasp may have nudged them). "
+             "Choose another object the user prompt asks for; pick one of these again only when no "
+             "other is left, the one with the fewest failures first:"]
+    for t in avoid:
+        lines.append(f"- avoid: {t.label} at box [{t.box.x1}, {t.box.y1}, {t.box.x2}, {t.box.y2}], "
+                     f"failed {int(t.failures)} time(s)")
+    return "\n".join(lines) + "\n"
+
+
+def propose_instruction(user_prompt: str, initial_head: np.ndarray, current_head: np.ndarray,
+                        avoid: Sequence[FailedTarget] = ()) -> Prompt:
+    """Prompt asking for one sentence that names the next object to grasp; ``avoid`` lists the
+    objects earlier attempts of this prompt failed on (:func:`failed_targets_text`)."""
     return Prompt(
         Task.PROPOSE_INSTRUCTION,
         SYSTEM_PROMPT,
@@ -100,7 +119,8 @@ def propose_instruction(user_prompt: str, initial_head: np.ndarray, current_head
             "Pick the single best object in image 2 for the robot to grasp next. Recognise the "
             "objects with everyday knowledge (cups, bottles, fruit, boxes, balls, ...).\n"
             + SELECTION_PRINCIPLES
-            + "\nWrite the instruction as one English sentence that names the object's colour, "
+            + "\n" + failed_targets_text(avoid)
+            + "Write the instruction as one English sentence that names the object's colour, "
             "its shape and where it is on the table, for example: "
             "'Grasp the green cylinder on the right side of the table, near the front.'\n"
             "Reply with JSON only:\n"

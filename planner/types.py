@@ -94,6 +94,34 @@ class BBox:
 
 
 @dataclass(frozen=True)
+class FailedTarget:
+    """An object the robot failed to grasp earlier in the same user prompt (runtime memory).
+
+    Attributes:
+        label: the planner's short name of the object when it was tried (e.g. ``"red ball"``).
+        box: its box on the head image when it was last tried, absolute pixels (it may have been
+            nudged since).
+        failures: failed attempts on it so far (>= 1).
+    """
+
+    label: str
+    box: BBox
+    failures: int = 1
+
+    def same_object(self, label: str, box: BBox) -> bool:
+        """Whether ``(label, box)`` is this object again: same label and a box that overlaps
+        (IoU > 0.2) or whose centre lies within 1.5 box sizes of this one's (a missed grasp often
+        pushes the object a few centimetres)."""
+        if label.strip().lower() != self.label.strip().lower():
+            return False
+        if box.iou(self.box) > 0.2:
+            return True
+        (ax, ay), (bx, by) = box.center, self.box.center
+        reach = 1.5 * max(self.box.width, self.box.height, 1)
+        return (ax - bx) ** 2 + (ay - by) ** 2 <= reach ** 2
+
+
+@dataclass(frozen=True)
 class PromptUnderstanding:
     """Result of ``understand_prompt``: which objects the user prompt asks for.
 

@@ -66,10 +66,14 @@ class Agent:
                              result.remaining)
         return result
 
-    def propose(self, prompt: str, initial_head: np.ndarray, current_head: np.ndarray) -> Any:
-        """Planner: the next grasping instruction -> Instruction."""
+    def propose(self, prompt: str, initial_head: np.ndarray, current_head: np.ndarray, avoid: Sequence = ()) -> Any:
+        """Planner: the next grasping instruction -> Instruction; ``avoid``: the
+        :class:`planner.FailedTarget` objects earlier attempts failed on."""
+        if avoid:
+            self.log.logger.info("asking the planner to avoid: %s",
+                                 "; ".join(f"{t.label} {t.box.as_list()} x{t.failures}" for t in avoid))
         result = self._plan("propose_instruction", self.planner.propose_instruction, prompt, initial_head,
-                            current_head)
+                            current_head, list(avoid))
         self.log.logger.info("instruction: %s (target %s; %s)", result.instruction, result.target, result.reasoning)
         return result
 

@@ -125,6 +125,9 @@ def validate_config(cfg: DictConfig) -> None:
     _number(cfg, "loop.max_chunks_per_attempt", 1, 100000, integer=True, optional=True)
     _number(cfg, "loop.manual_attempts", 1, 1000, integer=True)
     _number(cfg, "loop.min_mask_pixels", 0, 1e7, integer=True)
+    avoid = OmegaConf.select(cfg, "loop.avoid_failed_targets", default=True)
+    if not isinstance(avoid, bool):
+        raise ConfigError(f"loop.avoid_failed_targets: expected true or false, got {avoid!r}")
     recovery = OmegaConf.select(cfg, "loop.recovery")
     if recovery is not None:
         from inference_utils.runtime.recovery import RecoveryConfig  # noqa: PLC0415

@@ -32,6 +32,7 @@ from planner.types import PlannerError
 from inference_utils.runtime.agent import Agent
 from inference_utils.runtime.environment import Environment
 from inference_utils.runtime.episode_log import EpisodeLog
+from inference_utils.runtime.failed_targets import FailedTargets
 from inference_utils.runtime.recovery import GraspMonitor, RecoveryConfig, back_off
 
 EventSink = Callable[[str, dict], None]
@@ -83,6 +84,7 @@ class GraspLoop:
         self.events = list(events)
         self.outcomes: list[AttemptOutcome] = []
         self._planner_errors = 0
+        self.failed = FailedTargets()  # objects of failed attempts, listed to the planner's propose
         self._viz_step = 0  # live view: control steps of the whole run
         self.objects_asked: Optional[int] = None      # first completion check: objects remaining
         self.objects_remaining: Optional[int] = None  # last completion check
@@ -128,7 +130,8 @@ class GraspLoop:
             head = self.env.observe().head_bgr
             self.log.save_image(f"attempt{index:02d}_head", head)
             try:
-                instruction = self.env.call(lambda: self.agent.propose(prompt, initial, head), "planner")
+                avoid = self.failed.as_list() if self.loop_cfg.get("avoid_failed_targets", True) else []
+                instruction = self.env.call(lambda: self.agent.propose(prompt, initial, head, avoid), "planner")
                 box = self.env.call(lambda: self.agent.locate(instruction.instruction, head), "planner")
                 self._planner_errors = 0
             except PlannerError as exc:
@@ -137,6 +140,8 @@ class GraspLoop:
                 outcome = self.attempt(index, instruction.instruction, box.label or instruction.target,
                                        box.bbox.as_list(), head, verify=True)
                 self.finish_attempt(outcome.success)
+                if not outcome.success:
+                    self.failed.record(box.label or instruction.target, box.bbox)
             current = self.env.observe().head_bgr
             done = self.env.call(lambda: self.agent.check_completion(prompt, initial, current), "planner")
             self.objects_remaining = _count(done)

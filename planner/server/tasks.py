@@ -31,6 +31,8 @@ _TASK_LINE = re.compile(r"^\s*Task:\s*([a-z_]+)\s*$", re.IGNORECASE | re.MULTILI
 _USER_PROMPT = re.compile(r"^\s*User prompt:\s*(.+)$", re.MULTILINE)
 _INSTRUCTION = re.compile(r"^\s*Grasping instruction:\s*(.+)$", re.MULTILINE)
 _PRE_BOX = re.compile(r"box\s*\[\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*\]")
+_AVOID = re.compile(r"^\s*-\s*avoid:\s*(.*?)\s+at box\s*\[\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*\]"
+                    r"\s*,\s*failed\s+(\d+)", re.IGNORECASE | re.MULTILINE)
 _NORMALISED = re.compile(r"normali[sz]ed to 0\s*[-\u2013]\s*1000", re.IGNORECASE)
 
 MIN_IMAGES = {"understand_prompt": 0, "propose_instruction": 2, "predict_bbox": 1,
@@ -144,8 +146,39 @@ def graspable(obj: DetectedObject, scene: SceneAnalysis) -> bool:
     return in_reach(obj, scene) and width_m(obj, scene) <= HAND_APERTURE_M
 
 
-def choose_next(scene: SceneAnalysis, candidates: list[DetectedObject], max_crowding: float = 0.1) -> Optional[DetectedObject]:
-    """The rightmost candidate the hand can execute, in order of preference:
+def failures_of(scene: SceneAnalysis, text: str) -> dict[int, int]:
+    """Failed attempts per detected object (``DetectedObject.index``) from the prompt's
+    ``- avoid: <label> at box [...], failed <n> time(s)`` lines: an object is the failed one when
+    its colour agrees with the label's (if the label names one) and its box overlaps the failed box
+    (IoU > 0.2) or its centre lies within 1.5 box sizes of the failed box's centre."""
+    failures: dict[int, int] = {}
+    for match in _AVOID.finditer(text or ""):
+        label = parse_text(match.group(1))
+        x1, y1, x2, y2 = (int(v) for v in match.group(2, 3, 4, 5))
+        n = int(match.group(6))
+        reach = 1.5 * max(x2 - x1, y2 - y1, 1)
+        best, best_score = None, 0.0
+        for obj in scene.objects:
+            if label.colours and obj.colour not in label.colours:
+                continue
+            ox1, oy1, ox2, oy2 = obj.bbox
+            inter = max(0, min(ox2, x2) - max(ox1, x1)) * max(0, min(oy2, y2) - max(oy1, y1))
+            union = (ox2 - ox1) * (oy2 - oy1) + (x2 - x1) * (y2 - y1) - inter
+            iou = inter / union if union > 0 else 0.0
+            dist = float(np.hypot(obj.centroid[0] - (x1 + x2) / 2, obj.centroid[1] - (y1 + y2) / 2))
+            score = iou if iou > 0.2 else (0.2 * (1 - dist / reach) if dist <= reach else 0.0)
+            if score > best_score:
+                best, best_score = obj, score
+        if best is not None:
+            failures[best.index] = failures.get(best.index, 0) + n
+    return failures
+
+
+def choose_next(scene: SceneAnalysis, candidates: list[DetectedObject], max_crowding: float = 0.1,
+                failures: Optional[dict[int, int]] = None) -> Optional[DetectedObject]:
+    """The rightmost candidate the hand can execute. Objects that failed before (``failures``,
+    from :func:`failures_of`) are considered only when every candidate has failed, fewest failures
+    first. Among the rest, in order of preference:
 
     1. graspable (:func:`graspable`: centre well inside the table region, narrow enough for the
        open hand) and not hemmed in (at most ``max_crowding`` of the ring around it taken by other
@@ -157,6 +190,9 @@ def choose_next(scene: SceneAnalysis, candidates: list[DetectedObject], max_crow
     327 with a free ring."""
     if not candidates:
         return None
+    if failures:
+        fewest = min(failures.get(o.index, 0) for o in candidates)
+        candidates = [o for o in candidates if failures.get(o.index, 0) == fewest]
     ordered = sorted(candidates, key=lambda o: -o.centroid[0])
     ok = [o for o in ordered if graspable(o, scene)]
     for tier in ([o for o in ok if o.crowding <= max_crowding], ok,
@@ -302,7 +338,8 @@ def _understand(req: TaskRequest) -> dict[str, Any]:
 def _propose(req: TaskRequest) -> dict[str, Any]:
     parsed = parse_text(_field(_USER_PROMPT, req.text, "User prompt"))
     scene = analyse_scene(req.images[1])
-    chosen = choose_next(scene, _targets(scene, parsed))
+    failures = failures_of(scene, req.text)
+    chosen = choose_next(scene, _targets(scene, parsed), failures=failures)
     if chosen is None:
         return {"reasoning": "No object that the prompt asks for is left on the table.", "target": None,
                 "instruction": "No target object is left on the table."}
@@ -311,7 +348,9 @@ def _propose(req: TaskRequest) -> dict[str, Any]:
         "reasoning": f"{len(scene.objects)} object(s) visible; the {chosen.label} is the rightmost "
                      f"reachable target (crowding {chosen.crowding:.2f}, about {100 * width_m(chosen, scene):.0f} cm "
                      f"wide, {'in' if in_reach(chosen, scene) else 'outside'} the arm's reach, "
-                     f"{others} other object(s)).",
+                     f"{others} other object(s)"
+                     + (f"; {len(failures)} object(s) failed before, tried again last" if failures else "")
+                     + ").",
         "target": chosen.label,
         "instruction": describe(chosen, scene),
     }

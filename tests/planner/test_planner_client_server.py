@@ -47,6 +47,21 @@ def test_propose_then_box_hits_rightmost_object(offline_url, make_planner, scene
     assert target["colour"] in box.label
 
 
+def test_propose_over_http_avoids_a_failed_object(offline_url, make_planner, scene):
+    """The avoid list travels in the prompt over the OpenAI chat API and the server honours it."""
+    from planner.types import FailedTarget
+
+    planner = make_planner(offline_url)
+    first = planner.propose_instruction("clear the table", scene.image, scene.image)
+    box = planner.predict_bbox(first.instruction, scene.image)
+    second = planner.propose_instruction("clear the table", scene.image, scene.image,
+                                         avoid=[FailedTarget(box.label, box.bbox, 1)])
+    assert second.instruction != first.instruction
+    other = planner.predict_bbox(second.instruction, scene.image)
+    assert other.bbox.iou(box.bbox) < 0.2
+    assert "failed before" in second.reasoning
+
+
 def test_verify_grasp(offline_url, make_planner, scene):
     planner = make_planner(offline_url)
     index = scene.objects.index(_rightmost(scene))

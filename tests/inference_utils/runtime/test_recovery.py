@@ -130,7 +130,8 @@ class MissFirstExpert:
 
 def test_first_grasp_misses_then_recovers_in_sim(run_inference, planner_url, monkeypatch):
     """The first grasp closes on nothing and hovers -> detected (empty hand), verified by the planner
-    (refused), hand opened, scripted back-off, re-plan; the second attempt is verified."""
+    (refused), hand opened, scripted back-off, re-plan with the failed object listed (the planner
+    turns to the other object); the second attempt is verified."""
     from inference_utils.runtime import controllers
 
     monkeypatch.setattr(controllers, "build_controller", lambda cfg, env=None: MissFirstExpert(env))
@@ -161,3 +162,6 @@ def test_first_grasp_misses_then_recovers_in_sim(run_inference, planner_url, mon
     events = [d["to"] for n, d in res.events if n == "recovery"]
     assert events[:7] == ["approach", "grasp", "failed", "verify", "release", "backoff", "replan"]
     assert s["objects_asked"] == 2
+    # the re-plan was told which object failed and turned to the other one
+    assert "asking the planner to avoid" in text
+    assert second["sim_target_index"] != first["sim_target_index"]
