@@ -148,25 +148,32 @@ def graspable(obj: DetectedObject, scene: SceneAnalysis) -> bool:
 
 def failures_of(scene: SceneAnalysis, text: str) -> dict[int, int]:
     """Failed attempts per detected object (``DetectedObject.index``) from the prompt's
-    ``- avoid: <label> at box [...], failed <n> time(s)`` lines: an object is the failed one when
-    its colour agrees with the label's (if the label names one) and its box overlaps the failed box
-    (IoU > 0.2) or its centre lies within 1.5 box sizes of the failed box's centre."""
+    ``- avoid: <label> at box [...], failed <n> time(s)`` lines.
+
+    A failed grasp may have lifted and dropped the object far from its box, so position alone is
+    not enough: among the objects of the label's colour (all objects if it names none), the only
+    one is the failed object wherever it lies; with several, the one whose box overlaps the failed
+    box (IoU > 0.2) or, failing that, the nearest within 3 box sizes (same shape word first)."""
     failures: dict[int, int] = {}
     for match in _AVOID.finditer(text or ""):
         label = parse_text(match.group(1))
         x1, y1, x2, y2 = (int(v) for v in match.group(2, 3, 4, 5))
         n = int(match.group(6))
-        reach = 1.5 * max(x2 - x1, y2 - y1, 1)
+        same = [o for o in scene.objects if not label.colours or o.colour in label.colours]
+        if label.colours and len(same) == 1:
+            failures[same[0].index] = failures.get(same[0].index, 0) + n
+            continue
+        reach = 3.0 * max(x2 - x1, y2 - y1, 1)
         best, best_score = None, 0.0
-        for obj in scene.objects:
-            if label.colours and obj.colour not in label.colours:
-                continue
+        for obj in same:
             ox1, oy1, ox2, oy2 = obj.bbox
             inter = max(0, min(ox2, x2) - max(ox1, x1)) * max(0, min(oy2, y2) - max(oy1, y1))
             union = (ox2 - ox1) * (oy2 - oy1) + (x2 - x1) * (y2 - y1) - inter
             iou = inter / union if union > 0 else 0.0
             dist = float(np.hypot(obj.centroid[0] - (x1 + x2) / 2, obj.centroid[1] - (y1 + y2) / 2))
-            score = iou if iou > 0.2 else (0.2 * (1 - dist / reach) if dist <= reach else 0.0)
+            score = 2.0 + iou if iou > 0.2 else max(0.0, 1.0 - dist / reach)
+            if label.shapes and obj.shape in label.shapes:
+                score += 0.5 if score > 0 else 0.0
             if score > best_score:
                 best, best_score = obj, score
         if best is not None:

@@ -66,13 +66,22 @@ def test_a_nudged_object_is_still_recognised():
     """A missed grasp pushes the object: the failed box, shifted by half its width, still matches."""
     image = make_scene(203).image
     scene = analyse_scene(image)
-    obj = choose_next(scene, scene.objects)
+    obj = next(o for o in scene.objects if sum(p.colour == o.colour for p in scene.objects) == 1)
     x1, y1, x2, y2 = obj.bbox
     dx = (x2 - x1) // 2
     text = failed_targets_text([FailedTarget(obj.label, BBox(x1 + dx, y1, x2 + dx, y2), 1)])
     assert failures_of(scene, text) == {obj.index: 1}
-    # a failed box of another colour far away does not mark it
-    assert failures_of(scene, failed_targets_text([FailedTarget("purple ball", BBox(0, 0, 5, 5), 3)])) == {}
+    # the only object of its colour is the failed one wherever it now lies (lifted and dropped)
+    far = failed_targets_text([FailedTarget(obj.label, BBox(0, 0, x2 - x1, y2 - y1), 1)])
+    assert failures_of(scene, far) == {obj.index: 1}
+    # a colour absent from the scene marks nothing
+    absent = next(c for c in ("purple", "pink", "brown", "white", "black") if all(o.colour != c for o in scene.objects))
+    assert failures_of(scene, failed_targets_text([FailedTarget(f"{absent} ball", BBox(0, 0, 5, 5), 3)])) == {}
+    # two of one colour: the one near the failed box, not the other
+    twins = [o for o in scene.objects if o.colour == "yellow"]
+    assert len(twins) == 2
+    t = twins[0]
+    assert failures_of(scene, failed_targets_text([FailedTarget(t.label, BBox(*t.bbox), 2)])) == {t.index: 2}
 
 
 def test_single_target_prompt_retries_the_same_object():
