@@ -32,10 +32,20 @@ controller.serve``) for the chunks; noise and temporal ensemble stay here (as in
   failure cause of every failed episode from the simulator's ground truth (``sim.long_horizon``)::
 
     python benchmarks/sim_success.py --checkpoint CKPT --columns clear_table --episodes 5
+
+* optional ``hierarchy_retry`` (issue 24): single-object prompts through the runtime -- "grasp the
+  <colour> <shape>" naming the scene's designated target, on the same scenes as the other columns
+  -- with failure recovery and up to ``--retry-attempts`` attempts (default 3); success@k = the
+  first verified attempt that lifted the asked object came at or before attempt k (the paper's
+  @1/@2/@3), failure causes of the failed episodes::
+
+    python benchmarks/sim_success.py --checkpoint CKPT --columns hierarchy_retry --episodes 50
+
+Reports of separate processes are joined with ``--merge`` (``sim.success_report``): other splits
+and columns side by side, the same split and column run on disjoint seed ranges pooled.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -48,8 +58,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from controller.policy import defaults  # noqa: E402 - torch-free; after the repository is on sys.path
 
-SPLITS = ["train", "unseen_objects", "unseen_backgrounds", "unseen_lighting"]
-CAUSES = ("rolled_away", "wrong_object", "missed", "dropped", "refused", "timeout")  # = sim.long_horizon.CAUSES
+from sim.success_report import CAUSES, COLUMNS, SPLITS, merge, render_table, write_report  # noqa: E402,F401
 
 
 def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split: str, n_execute: int,
@@ -128,9 +137,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=100000, help="first scene seed (held out from collection)")
     ap.add_argument("--execute", type=int, default=6)
     ap.add_argument("--columns", nargs="+", default=["controller", "hierarchy"],
-                    choices=["controller", "hierarchy", "hierarchy_true_mask", "dexvla", "clear_table"],
+                    choices=list(COLUMNS),
                     help="hierarchy_true_mask: the planner's object with its ground-truth mask (diagnostic); "
-                         "dexvla: a DexVLA checkpoint on the instruction, no mask (--dexvla-checkpoint)")
+                         "dexvla: a DexVLA checkpoint on the instruction, no mask (--dexvla-checkpoint); "
+                         "hierarchy_retry: 'grasp the <target>' through the runtime, up to --retry-attempts")
     ap.add_argument("--time-limit", type=float, default=15.0)
     ap.add_argument("--rolling-friction", action="store_true",
                    help="rolling and torsional friction on object contacts (condim 6, sim/mjcf.py), as the data "
@@ -138,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lh-objects", type=int, nargs=2, default=(4, 8), metavar=("MIN", "MAX"),
                     help="column clear_table: objects per scene")
     ap.add_argument("--lh-max-attempts", type=int, default=12, help="column clear_table: loop.max_attempts")
+    ap.add_argument("--retry-attempts", type=int, default=3,
+                    help="column hierarchy_retry: loop.max_attempts; success@1..N is reported (default 3)")
     ap.add_argument("--temporal-ensemble", default=str(defaults.TEMPORAL_ENSEMBLE_DECAY), metavar="DECAY|off",
                     help="blend overlapping chunks, weights exp(-DECAY * age in steps); 'off' disables "
                          "(default: controller.policy.defaults)")
@@ -158,8 +170,11 @@ def main(argv=None) -> int:
         ap.error("--columns dexvla needs --dexvla-checkpoint CKPT or --dexvla-remote HOST:PORT")
     if args.dexvla_num_samples < 1:
         ap.error(f"--dexvla-num-samples must be >= 1, got {args.dexvla_num_samples}")
-    if "clear_table" in args.columns and not args.checkpoint:
-        ap.error("--columns clear_table runs the runtime on a checkpoint: give --checkpoint")
+    for column in ("clear_table", "hierarchy_retry"):
+        if column in args.columns and not args.checkpoint:
+            ap.error(f"--columns {column} runs the runtime on a checkpoint: give --checkpoint")
+    if args.retry_attempts < 1:
+        ap.error(f"--retry-attempts must be >= 1, got {args.retry_attempts}")
 
     import torch
     from tqdm import tqdm
@@ -237,7 +252,7 @@ def main(argv=None) -> int:
                              "threads": torch.get_num_threads(),
                              "records": [{k: r[k] for k in ("seed", "success", "instruction", "reasoning")}
                                          for r in s["records"]]}
-        for column in [c for c in args.columns if c.startswith("hierarchy")]:
+        for column in [c for c in args.columns if c in ("hierarchy", "hierarchy_true_mask")]:
             recs = []
             with serve_in_thread(create_app()) as base_url, GraspEnv(config.with_(split=split)) as env:
                 planner = DexGraspVLAPlanner(base_url + "/v1", timeout=30, max_retries=1)
@@ -264,8 +279,8 @@ def main(argv=None) -> int:
                            "causes": {c: sum(r.get("cause", "timeout") == c for r in recs if not r["success"])
                                       for c in CAUSES},
                            "records": recs}
-        if "clear_table" in args.columns:
-            row["clear_table"] = clear_table_column(args, split, decay, n_samples)
+        for column in [c for c in args.columns if c in ("hierarchy_retry", "clear_table")]:
+            row[column] = runtime_column(column, args, split, decay, n_samples)
         rows[split] = row
 
     write_report(checkpoint, args.episodes, rows, args.out, dexvla_checkpoint=dexvla_source,
@@ -273,111 +288,34 @@ def main(argv=None) -> int:
     return 0
 
 
-def clear_table_column(args, split: str, decay, n_samples: int) -> dict:
-    """Column ``clear_table`` of one split: ``--episodes`` runtime episodes (``sim.long_horizon``)."""
+def runtime_column(column: str, args, split: str, decay, n_samples: int) -> dict:
+    """Column ``clear_table`` or ``hierarchy_retry`` of one split: ``--episodes`` runs of the
+    runtime itself (``sim.long_horizon``), one per scene seed."""
     import torch
     from tqdm import tqdm
 
     from planner.server.app import create_app
     from planner.server.background import serve_in_thread
-    from sim.long_horizon import column_stats, run_episode
+    from sim import SimConfig
+    from sim.long_horizon import column_stats, run_episode, single_prompt_stats
     te = "null" if decay is None else str(decay)
     extra = [f"controller.temporal_ensemble={te}", f"controller.num_samples={n_samples}", "controller.device=cpu",
              f"sim.rolling_friction={str(bool(args.rolling_friction)).lower()}"]
+    if column == "clear_table":  # "clear the table" on scenes of --lh-objects objects
+        objects, prompt, attempts = tuple(args.lh_objects), "clear the table", args.lh_max_attempts
+    else:  # "grasp the <designated target>" on the other columns' scenes (SimConfig's object counts)
+        objects, prompt, attempts = tuple(SimConfig().n_objects), None, args.retry_attempts
     recs, t = [], time.time()
     with serve_in_thread(create_app()) as base_url:
-        for i in tqdm(range(args.episodes), desc=f"clear_table {split}", unit="ep"):
+        for i in tqdm(range(args.episodes), desc=f"{column} {split}", unit="ep"):
             recs.append(run_episode(args.checkpoint, base_url + "/v1", args.seed + i, split,
-                                    Path(args.out) / "clear_table_logs", tuple(args.lh_objects), "clear the table",
-                                    args.lh_max_attempts, args.time_limit, extra))
-    stats = column_stats(recs)
-    attempts = sum(r["attempts"] for r in recs)
-    stats.update(s_per_attempt=(time.time() - t) / max(1, attempts), temporal_ensemble=decay,
-                 num_samples=n_samples, threads=torch.get_num_threads(), objects_range=list(args.lh_objects))
+                                    Path(args.out) / f"{column}_logs", objects, prompt, attempts, args.time_limit,
+                                    extra))
+    stats = column_stats(recs) if column == "clear_table" else single_prompt_stats(recs, attempts)
+    n_attempts = sum(r["attempts"] for r in recs)
+    stats.update(s_per_attempt=(time.time() - t) / max(1, n_attempts), temporal_ensemble=decay,
+                 num_samples=n_samples, threads=torch.get_num_threads(), objects_range=list(objects))
     return stats
-
-
-def render_table(rows: dict) -> str:
-    """Markdown table of ``rows`` ({split: {column: stats}}), then the hierarchy diagnostics."""
-    columns = [c for c in ("controller", "hierarchy", "hierarchy_true_mask", "dexvla", "clear_table")
-               if any(c in row for row in rows.values())]
-    lines = ["| split | " + " | ".join(f"{c} success (95 % CI)" for c in columns) + " | " +
-             " | ".join(f"{c} s/attempt" for c in columns) + " |",
-             "|---|" + "---|" * (2 * len(columns))]
-    for split, row in rows.items():
-        cells = [f"{row[c]['rate'] * 100:.1f} % ({row[c]['wilson95'][0] * 100:.1f}-{row[c]['wilson95'][1] * 100:.1f}, "
-                 f"n={row[c]['n']})" if c in row else "-" for c in columns]
-        secs = [f"{row[c]['s_per_attempt']:.1f}" if c in row else "-" for c in columns]
-        lines.append(f"| {split} | " + " | ".join(cells) + " | " + " | ".join(secs) + " |")
-    for column in [c for c in columns if c.startswith("hierarchy")]:
-        lines += ["", f"Diagnostics of `{column}`:", "",
-                  "| split | mean box IoU | mean mask IoU (perceived vs true) | planner chose the designated target |"
-                  " failure causes |", "|---|---|---|---|---|"]
-        for split, row in rows.items():
-            if column in row:
-                h = row[column]
-                causes = ", ".join(f"{k} {v}" for k, v in (h.get("causes") or {}).items() if v) or "-"
-                lines.append(f"| {split} | {h['mean_box_iou']:.2f} | {h['mean_mask_iou']:.2f} | "
-                             f"{h['designated_chosen']}/{h['n']} | {causes} |")
-    if "clear_table" in columns:  # success above = full-prompt success
-        lines += ["", "Long horizon (`clear_table`, causes of the failed episodes, sim.long_horizon):", "",
-                  "| split | objects cleared / asked | full-prompt success | attempts per success | "
-                  + " | ".join(CAUSES) + " |", "|---|---|---|---|" + "---|" * len(CAUSES)]
-        for split, row in rows.items():
-            if "clear_table" in row:
-                c = row["clear_table"]
-                aps = "-" if c["attempts_per_success"] is None else f"{c['attempts_per_success']:.2f}"
-                lines.append(f"| {split} | {c['objects_cleared']}/{c['objects_asked']} "
-                             f"({c['cleared_rate'] * 100:.1f} %) | {c['successes']}/{c['n']} | {aps} | "
-                             + " | ".join(str(c["causes"][k]) for k in CAUSES) + " |")
-    return "\n".join(lines)
-
-
-def write_report(checkpoint: str, episodes: int, rows: dict, out_dir: str, dexvla_checkpoint: str = None,
-                 rolling_friction: bool = False) -> None:
-    """Print the table and write ``sim_success.json`` / ``.md`` under ``out_dir``."""
-    table = render_table(rows)
-    print(table)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {"checkpoint": checkpoint, "episodes": episodes, "rows": rows}
-    parts = [f"Checkpoint: `{checkpoint}`"] if checkpoint or not dexvla_checkpoint else []
-    if rolling_friction:  # the physics the episodes ran with (sim.collect --rolling-friction data)
-        report["rolling_friction"] = True
-        parts.append("physics: rolling friction (condim 6)")
-    if dexvla_checkpoint:
-        report["dexvla_checkpoint"] = dexvla_checkpoint
-        parts.append(f"DexVLA checkpoint: `{dexvla_checkpoint}`")
-    header = "; ".join(parts)
-    (out / "sim_success.json").write_text(json.dumps(report, indent=2))
-    (out / "sim_success.md").write_text(f"{header}\n\n{table}\n")
-    print(f"written: {out / 'sim_success.json'}, {out / 'sim_success.md'}")
-
-
-def merge(dirs: list, out_dir: str) -> int:
-    """Combine the reports of several runs (same checkpoint; a dexvla-only run has none) into one table."""
-    rows, checkpoint, episodes, dexvla_ckpt = {}, None, None, None
-    for d in dirs:
-        path = Path(d) / "sim_success.json"
-        if not path.is_file():
-            print(f"error: --merge: no sim_success.json in {d}", file=sys.stderr)
-            return 2
-        report = json.loads(path.read_text())
-        for key, seen in (("checkpoint", checkpoint), ("dexvla_checkpoint", dexvla_ckpt)):
-            if report.get(key) is not None and seen not in (None, report[key]):
-                print(f"error: --merge: {d} evaluated {report[key]}, not {seen}", file=sys.stderr)
-                return 2
-        checkpoint, episodes = report["checkpoint"] or checkpoint, report["episodes"]
-        dexvla_ckpt = report.get("dexvla_checkpoint") or dexvla_ckpt
-        for split, row in report["rows"].items():
-            for column, stats in row.items():
-                if column in rows.get(split, {}):
-                    print(f"error: --merge: {split}/{column} appears in more than one report", file=sys.stderr)
-                    return 2
-                rows.setdefault(split, {})[column] = stats
-    order = [s for s in SPLITS if s in rows] + [s for s in rows if s not in SPLITS]
-    write_report(checkpoint, episodes, {s: rows[s] for s in order}, out_dir, dexvla_checkpoint=dexvla_ckpt)
-    return 0
 
 
 if __name__ == "__main__":

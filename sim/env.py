@@ -193,6 +193,17 @@ class GraspEnv:
         a = self._obj_qadr[i]
         return self.data.qpos[a:a + 3].copy(), self.data.qpos[a + 3:a + 7].copy()
 
+    def place_object(self, i: int, pos: np.ndarray) -> None:
+        """Move object ``i`` to world position ``pos`` (3,) at rest, orientation kept (scripted
+        scenes and tests, e.g. an object taken off the table)."""
+        self._check_index(i)
+        a = self._obj_qadr[i]
+        self.data.qpos[a:a + 3] = np.asarray(pos, dtype=float)
+        body = self._obj_body[i]
+        dof = self.model.body_dofadr[body]
+        self.data.qvel[dof:dof + 6] = 0.0
+        mujoco.mj_forward(self.model, self.data)
+
     def object_lift(self, i: int) -> float:
         """How far object ``i`` rose above its resting height (m)."""
         self._check_index(i)

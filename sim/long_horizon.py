@@ -89,6 +89,9 @@ def episode_summary(summary: dict, asked: Optional[Sequence[int]] = None) -> dic
     cleared = sorted(off & carried)
     causes = [attempt_cause(o) for o in outcomes]
     full = bool(asked) and set(asked) <= set(cleared)
+    # 1-based index of the first attempt that lifted an asked object and was verified (success@k)
+    first = next((i + 1 for i, (o, c) in enumerate(zip(outcomes, causes))
+                  if o.get("success") and c is None and (o.get("sim_truth") or {}).get("target") in asked), None)
     cause = None
     if not full:
         failed = [c for c in causes if c is not None]
@@ -101,7 +104,7 @@ def episode_summary(summary: dict, asked: Optional[Sequence[int]] = None) -> dic
         else:
             cause = "timeout"
     return {"objects": n, "asked": len(asked), "cleared": len([i for i in cleared if i in asked]),
-            "full_success": full, "attempts": len(outcomes),
+            "full_success": full, "attempts": len(outcomes), "first_success": first,
             "verified": sum(bool(o.get("success")) for o in outcomes),
             "successes": sum(bool(o.get("success")) and c is None for o, c in zip(outcomes, causes)),
             "attempt_causes": [c for c in causes if c is not None], "cause": cause,
@@ -127,24 +130,66 @@ def asked_objects(prompt: str, labels: Optional[Sequence[str]]) -> Optional[list
     return out
 
 
+def target_phrase(objects: Sequence[dict], target: int) -> str:
+    """How a person names ``objects[target]`` (``info["objects"]`` of the environment) so that a
+    viewer can tell it apart: ``"the red box"`` when no other object looks alike, otherwise with its
+    rank among the look-alikes from left to right on the head image (``"the leftmost orange
+    cylinder"``, ``"the second orange cylinder from the left"``). The simulator makes colour + shape
+    unique, but capsules, cylinders and ellipsoids look alike: look-alikes share the colour and the
+    shape family of the planner's vocabulary (``planner.server.vocab.SHAPE_WORDS``)."""
+    from planner.server.vocab import ORDINAL_NAMES, SHAPE_OF_WORD  # noqa: PLC0415
+
+    def kind(o: dict) -> tuple[str, str]:  # (colour, shape family): "orange capsule" ~ "orange cylinder"
+        colour, *shape = o["label"].split()
+        return colour, SHAPE_OF_WORD.get(shape[-1] if shape else "", " ".join(shape))
+
+    label = objects[target]["label"]
+    same = sorted((i for i, o in enumerate(objects) if kind(o) == kind(objects[target]) and o.get("bbox_head")),
+                  key=lambda i: (objects[i]["bbox_head"][0] + objects[i]["bbox_head"][2]) / 2)
+    if len(same) <= 1 or target not in same:
+        return f"the {label}"
+    rank = same.index(target)
+    if rank == 0:
+        return f"the leftmost {label}"
+    if rank == len(same) - 1:
+        return f"the rightmost {label}"
+    return f"the {ORDINAL_NAMES.get(rank + 1, str(rank + 1) + 'th')} {label} from the left"
+
+
+def designated_prompt(cfg: Any) -> str:
+    """``"grasp <target_phrase>"`` naming the designated target of the scene the runtime's ``sim``
+    section will build (a small off-screen reset of the same scene gives the head-image boxes)."""
+    from inference_utils.runtime.environment import sim_config_from  # noqa: PLC0415
+    from sim import GraspEnv  # noqa: PLC0415
+
+    config = sim_config_from(cfg.sim, float(cfg.loop.control_hz))
+    with GraspEnv(config) as env:
+        _, info = env.reset(seed=int(cfg.sim.seed), split=config.split)
+        return f"grasp {target_phrase(info['objects'], int(env.scene.target))}"
+
+
 def run_episode(checkpoint: Optional[str], planner_url: str, seed: int, split: str, out_dir: str | Path,
-                n_objects: tuple[int, int] = (4, 8), prompt: str = "clear the table", max_attempts: int = 12,
-                time_limit_s: float = 15.0, extra: Sequence[str] = ()) -> dict:
-    """One long-horizon episode through the runtime; returns :func:`episode_summary` plus the seed.
-    ``checkpoint=None`` runs the scripted expert as the controller (tests)."""
+                n_objects: tuple[int, int] = (4, 8), prompt: Optional[str] = "clear the table",
+                max_attempts: int = 12, time_limit_s: float = 15.0, extra: Sequence[str] = ()) -> dict:
+    """One episode through the runtime; returns :func:`episode_summary` plus the seed and prompt.
+    ``prompt=None`` asks for the scene's designated target (:func:`designated_prompt`, single-object
+    prompts). ``checkpoint=None`` runs the scripted expert as the controller (tests)."""
     from inference_utils.runtime.config import compose_config  # noqa: PLC0415
     from inference_utils.runtime.session import run_session  # noqa: PLC0415
 
     controller = ([f"controller.checkpoint={checkpoint}", "controller.type=policy", f"controller.seed={seed}"]
                   if checkpoint else ["controller.type=expert"])
-    overrides = ["non_interactive=true", f"prompt={prompt!r}", "robot=sim", "planner=offline",
+    overrides = ["non_interactive=true", f"prompt={prompt or 'grasp the target'!r}", "robot=sim", "planner=offline",
                  f"planner.base_url={planner_url}", f"logging.root={out_dir}", f"exp_name={split}_{seed}",
                  f"sim.seed={seed}", f"sim.split={split}", f"sim.n_objects=[{n_objects[0]},{n_objects[1]}]",
                  f"loop.max_attempts={max_attempts}", f"robot.attempt_time_limit_s={time_limit_s}",
                  *controller, *extra]
-    code, summary = run_session(compose_config(overrides), console=False)
+    cfg = compose_config(overrides)
+    if prompt is None:
+        prompt = cfg.prompt = designated_prompt(cfg)
+    code, summary = run_session(cfg, console=False)
     record = episode_summary(summary, asked_objects(prompt, (summary.get("sim_initial") or {}).get("labels")))
-    record.update(seed=seed, exit_code=code, log_dir=summary.get("log_dir"), error=summary.get("error"))
+    record.update(seed=seed, prompt=prompt, exit_code=code, log_dir=summary.get("log_dir"), error=summary.get("error"))
     return record
 
 
@@ -162,5 +207,28 @@ def column_stats(records: list[dict]) -> dict:
             "objects_asked": asked, "objects_cleared": cleared, "cleared_rate": cleared / asked if asked else 0.0,
             "attempts_per_success": (sum(r["attempts"] for r in records) / verified) if verified else None,
             "causes": {c: sum(r["cause"] == c for r in records) for c in CAUSES},
+            "attempt_causes": {c: sum(r["attempt_causes"].count(c) for r in records) for c in CAUSES},
+            "records": records}
+
+
+def single_prompt_stats(records: list[dict], attempts: int) -> dict:
+    """The ``hierarchy_retry`` column of one split (single-object prompts through the runtime, at
+    most ``attempts`` attempts each): success@k for k = 1..attempts (the first verified attempt that
+    lifted the asked object came at or before attempt k; Wilson 95 %), the rate and interval of
+    success@attempts, attempts per success, and the cause of each failed episode (its last failed
+    attempt) and of every failed attempt."""
+    from sim.evaluate import wilson_interval  # noqa: PLC0415
+
+    n = len(records)
+    at = {}
+    for k in range(1, attempts + 1):
+        hits = sum(r["first_success"] is not None and r["first_success"] <= k for r in records)
+        at[str(k)] = {"successes": hits, "rate": hits / n if n else 0.0, "wilson95": list(wilson_interval(hits, n))}
+    k = at[str(attempts)]["successes"]
+    failed = [r for r in records if r["first_success"] is None]
+    return {"n": n, "successes": k, "rate": k / n if n else 0.0, "wilson95": at[str(attempts)]["wilson95"],
+            "attempts": attempts, "success_at": at,
+            "attempts_per_success": (sum(r["attempts"] for r in records) / k) if k else None,
+            "causes": {c: sum((r["attempt_causes"] or ["timeout"])[-1] == c for r in failed) for c in CAUSES},
             "attempt_causes": {c: sum(r["attempt_causes"].count(c) for r in records) for c in CAUSES},
             "records": records}

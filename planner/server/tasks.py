@@ -79,15 +79,70 @@ def _matches(obj: DetectedObject, parsed: ParsedText) -> bool:
     return True
 
 
+#: Largest weighted Lab distance (vocab.colour_distance) at which an object whose colour has another
+#: name still counts as the colour a single-object prompt names (plural prompts such as "all the red
+#: things" keep the exact colour names): tinted light turns a white cylinder light cyan (Lab
+#: 97/-16/10, distance 19 from white) and a VLM still calls it white. Neighbouring palette colours
+#: lie closer than this (yellow and orange objects ~25-30 apart), so objects named exactly alike
+#: rank first (:func:`_single`).
+NEAR_COLOUR = 30.0
+
+
+#: Second tier for single-object prompts when no object is within NEAR_COLOUR: shaded faces and
+#: tinted light move rendered colours further (a navy prism in shadow reads Lab 2/6/-14, 42 from
+#: navy; a magenta frustum 36-47 from magenta); unrelated colours are mostly farther.
+FAR_COLOUR = 65.0
+
+
+def _colour_limit(scene: SceneAnalysis, parsed: ParsedText) -> float:
+    """:data:`NEAR_COLOUR`, or :data:`FAR_COLOUR` when no object's colour is that near."""
+    if not parsed.colours or any(min(colour_distance(np.array(o.lab), c) for c in parsed.colours) <= NEAR_COLOUR
+                                 or o.colour in parsed.colours for o in scene.objects):
+        return NEAR_COLOUR
+    return FAR_COLOUR
+
+
+def _consistent(scene: SceneAnalysis, parsed: ParsedText, use_shape: Optional[bool] = None,
+                limit: Optional[float] = None) -> list[DetectedObject]:
+    """Objects a single-object description could mean: colour named alike or within ``limit``
+    (default :func:`_colour_limit`) of a named colour, and the named shape when ``use_shape``
+    (default: when any of those objects has the named shape; shape naming is rough)."""
+    limit = _colour_limit(scene, parsed) if limit is None else limit
+
+    def colour_ok(o: DetectedObject) -> bool:
+        return not parsed.colours or o.colour in parsed.colours or \
+            min(colour_distance(np.array(o.lab), c) for c in parsed.colours) <= limit
+
+    pool = [o for o in scene.objects if colour_ok(o)]
+    if use_shape is None:
+        use_shape = bool(parsed.shapes) and any(o.shape in parsed.shapes for o in pool)
+    return [o for o in pool if o.shape in parsed.shapes] if use_shape and parsed.shapes else pool
+
+
+def _single(scene: SceneAnalysis, parsed: ParsedText) -> list[DetectedObject]:
+    """The one object a single-object description names ([] if none fits): among the consistent
+    objects (:func:`_consistent`) those named exactly alike first, then the position words
+    ("leftmost", "second ... from the left", "in the middle") pick among them."""
+    cands = _consistent(scene, parsed)
+    if not cands:
+        return []
+    def rank(o: DetectedObject) -> float:
+        exact = (not parsed.colours or o.colour in parsed.colours) + (not parsed.shapes or o.shape in parsed.shapes)
+        near = min((colour_distance(np.array(o.lab), c) for c in parsed.colours), default=0.0)
+        return exact - near / 100.0
+    best = max(rank(o) for o in cands)
+    return [_pick([o for o in cands if rank(o) >= best - 0.5], parsed, scene.width)]
+
+
 def _targets(scene: SceneAnalysis, parsed: ParsedText) -> list[DetectedObject]:
     if not parsed.has_filter:
         return list(scene.objects)
+    if parsed.single:
+        return _single(scene, parsed)
     if parsed.colours and parsed.shapes:
         # "red cubes" means red and cube-like; shape naming is rough, so fall back to colour only.
         both = [o for o in scene.objects if _matches(o, parsed)]
-        if both:
-            return both
-        return [o for o in scene.objects if o.colour in parsed.colours]
+        return both or [o for o in scene.objects if o.colour in parsed.colours]
     return [o for o in scene.objects if _matches(o, parsed)]
 
 
@@ -240,7 +295,11 @@ def locate(scene: SceneAnalysis, parsed: ParsedText) -> Optional[DetectedObject]
             score += 1.0
         scores.append(score)
     best = max(scores)
-    cands = [o for o, s in zip(scene.objects, scores) if s >= best - 0.25]
+    return _pick([o for o, s in zip(scene.objects, scores) if s >= best - 0.25], parsed, scene.width)
+
+
+def _pick(cands: list[DetectedObject], parsed: ParsedText, width: int) -> DetectedObject:
+    """One of ``cands`` by the text's position words (ordinal, side, depth); the largest without."""
     if parsed.ordinal and parsed.ordinal_from:
         ordered = sorted(cands, key=lambda o: o.centroid[0], reverse=parsed.ordinal_from == "right")
         return ordered[min(parsed.ordinal, len(ordered)) - 1]
@@ -249,7 +308,7 @@ def locate(scene: SceneAnalysis, parsed: ParsedText) -> Optional[DetectedObject]
     if parsed.horizontal == "left":
         return min(cands, key=lambda o: o.centroid[0])
     if parsed.horizontal == "middle":
-        return min(cands, key=lambda o: abs(o.centroid[0] - scene.width / 2))
+        return min(cands, key=lambda o: abs(o.centroid[0] - width / 2))
     if parsed.depth == "front":
         return max(cands, key=lambda o: o.centroid[1])
     if parsed.depth == "back":
@@ -420,8 +479,17 @@ def _verify(req: TaskRequest) -> dict[str, Any]:
 
 def _completion(req: TaskRequest) -> dict[str, Any]:
     parsed = parse_text(_field(_USER_PROMPT, req.text, "User prompt"))
-    initial = _targets(analyse_scene(req.images[0]), parsed)
-    remaining = _targets(analyse_scene(req.images[1]), parsed)
+    first, now = analyse_scene(req.images[0]), analyse_scene(req.images[1])
+    if parsed.single:  # "grasp the X": done once one object fitting the description has gone
+        limit = _colour_limit(first, parsed)
+        use_shape = bool(parsed.shapes) and any(o.shape in parsed.shapes for o in _consistent(first, parsed, False, limit))
+        before, after = _consistent(first, parsed, use_shape, limit), _consistent(now, parsed, use_shape, limit)
+        done = not after or len(after) < len(before)
+        reasoning = (f"{len(after)} object(s) fit the description now, {len(before)} at the start: "
+                     + ("the named object is gone from the table." if done else "it is still there."))
+        return {"reasoning": reasoning, "remaining": [] if done else [o.label for o in after], "done": done}
+    initial = _targets(first, parsed)
+    remaining = _targets(now, parsed)
     what = "target objects" if parsed.has_filter else "objects"
     if remaining:
         reasoning = (f"{len(remaining)} of the {what} remain on the table "

@@ -45,12 +45,15 @@ SHAPE_WORDS: dict[str, tuple[str, ...]] = {
     "cube": ("cube", "cubes", "box", "boxes", "block", "blocks", "cuboid", "cuboids", "brick", "bricks", "square"),
     "ball": ("ball", "balls", "sphere", "spheres", "orb", "round"),
     "cylinder": ("cylinder", "cylinders", "can", "cans", "bottle", "bottles", "capsule", "capsules",
-                 "ellipsoid", "ellipsoids", "egg", "eggs", "rod", "rods", "tube", "pill", "bar", "bars"),
+                 "ellipsoid", "ellipsoids", "egg", "eggs", "rod", "rods", "tube", "pill", "bar", "bars",
+                 # upright prisms and truncated cones look like cylinders from the head camera
+                 "prism", "prisms", "frustum", "frustums", "cone", "cones", "dumbbell", "dumbbells"),
 }
 SHAPE_OF_WORD = {word: family for family, words in SHAPE_WORDS.items() for word in words}
 
 ALL_WORDS = ("clear", "all", "everything", "every", "each", "whole", "tidy", "empty")
 ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "2nd": 2, "3rd": 3, "4th": 4}
+PLURAL_WORDS = ("things", "objects", "items", "ones", "toys", "them", "both", "any")
 ORDINAL_NAMES = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth"}
 
 
@@ -108,10 +111,17 @@ class ParsedText:
     ordinal_from: Optional[str] = None  # ... from the "left" | "right"
     all_objects: bool = False
 
+    plural: bool = False  # a plural noun ("cubes", "things") or a quantifier ("all", "every")
+
     @property
     def has_filter(self) -> bool:
         """True when the text restricts the objects by colour or shape."""
         return bool(self.colours or self.shapes)
+
+    @property
+    def single(self) -> bool:
+        """True when the text names one object ("grasp the orange cylinder on the left")."""
+        return self.has_filter and not self.all_objects and not self.plural
 
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -137,6 +147,9 @@ def parse_text(text: str) -> ParsedText:
                     parsed.ordinal, parsed.ordinal_from = ORDINALS[word], side
         if word in ALL_WORDS:
             parsed.all_objects = True
+        if word in PLURAL_WORDS or word in ALL_WORDS or (
+                word.endswith("s") and word in SHAPE_OF_WORD and (word[:-1] in SHAPE_OF_WORD or word[:-2] in SHAPE_OF_WORD)):
+            parsed.plural = True
     # Position: the last horizontal / depth word wins (the phrase "on the right side").
     for word in words:
         if word in ("right", "rightmost"):
