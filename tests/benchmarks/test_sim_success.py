@@ -81,3 +81,28 @@ def test_merge_combines_column_runs(tmp_path):
     assert "| train | 80.0 %" in md and "| unseen_lighting | 60.0 %" in md and "40.0 %" in md
     assert mod.main(["--merge", str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(tmp_path / "x")]) == 2
     assert mod.main(["--merge", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_merge_pools_disjoint_seed_ranges(tmp_path):
+    """The same split and column run on two seed ranges become one column of the pooled episodes
+    (rates and Wilson intervals recomputed from the records); a seed in both is refused."""
+    mod = _load_module()
+
+    def stats(seeds, wins):
+        recs = [{"seed": s, "success": s in wins} for s in seeds]
+        k = sum(r["success"] for r in recs)
+        return {"successes": k, "n": len(recs), "rate": k / len(recs), "wilson95": [0.0, 1.0], "s_per_attempt": 4.0,
+                "records": recs}
+
+    for name, seeds, wins in (("a", range(0, 50), set(range(0, 40))), ("b", range(50, 100), set(range(50, 95))),
+                              ("c", range(90, 95), set())):
+        (tmp_path / name).mkdir()
+        report = {"checkpoint": "ck", "episodes": len(seeds), "rows": {"train": {"controller": stats(seeds, wins)}}}
+        (tmp_path / name / "sim_success.json").write_text(json.dumps(report))
+    assert mod.main(["--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")]) == 0
+    pooled = json.loads((tmp_path / "m" / "sim_success.json").read_text())["rows"]["train"]["controller"]
+    assert (pooled["successes"], pooled["n"]) == (85, 100) and pooled["rate"] == 0.85
+    lo, hi = pooled["wilson95"]
+    assert 0.76 < lo < 0.78 and 0.90 < hi < 0.92          # Wilson 95 % of 85/100: 0.767-0.907
+    assert len(pooled["records"]) == 100
+    assert mod.main(["--merge", str(tmp_path / "b"), str(tmp_path / "c"), "--out", str(tmp_path / "x")]) == 2
