@@ -17,11 +17,13 @@ Ground-truth definitions (heights relative to each object's resting height, posi
   (:func:`asked_objects`, the planner server's own word lists);
 * **full-prompt success**: every asked object cleared.
 
-An attempt **succeeds** when the planner verified it and its target rose >= 5 cm (a planner
-verification of a target that never rose counts as a failure). Cause of a failed attempt (first
-rule that applies):
+An attempt **succeeds** when the planner verified it, its target rose >= 5 cm and the prompt asked
+for that target (a planner verification of a target that never rose counts as a failure). Cause of
+a failed attempt (first rule that applies):
 
-1. ``wrong_object`` -- another object was lifted >= 5 cm, the attempt's target was not;
+1. ``wrong_object`` -- another object was lifted >= 5 cm, the attempt's target was not; or the
+   attempt lifted and verified an object the prompt did not ask for ("grasp the red box" and the
+   planner chose the red ball);
 2. ``dropped`` -- the target was lifted >= 5 cm but was < 5 cm up when the attempt ended;
 3. ``rolled_away`` -- the target was never lifted 5 cm and moved >= ``ROLL_M`` (5 cm)
    horizontally during the attempt, or left the table;
@@ -88,10 +90,12 @@ def episode_summary(summary: dict, asked: Optional[Sequence[int]] = None) -> dic
     off = {i for i, p in enumerate(final["pos"]) if p[2] < OFF_TABLE_Z}
     cleared = sorted(off & carried)
     causes = [attempt_cause(o) for o in outcomes]
+    for i, o in enumerate(outcomes):  # verified and lifted, but an object the prompt did not ask for
+        if causes[i] is None and (o.get("sim_truth") or {}).get("target") not in (None, *asked):
+            causes[i] = "wrong_object"
     full = bool(asked) and set(asked) <= set(cleared)
     # 1-based index of the first attempt that lifted an asked object and was verified (success@k)
-    first = next((i + 1 for i, (o, c) in enumerate(zip(outcomes, causes))
-                  if o.get("success") and c is None and (o.get("sim_truth") or {}).get("target") in asked), None)
+    first = next((i + 1 for i, (o, c) in enumerate(zip(outcomes, causes)) if o.get("success") and c is None), None)
     cause = None
     if not full:
         failed = [c for c in causes if c is not None]

@@ -94,3 +94,10 @@ def test_hierarchy_retry_column_end_to_end(tmp_path):
     assert sum(c["causes"].values()) == c["n"] - c["successes"]
     md = (out / "sim_success.md").read_text()
     assert "`hierarchy_retry`" in md and "| unseen_lighting |" in md
+
+
+def test_verified_grasp_of_an_unasked_object_is_wrong_object():
+    final = {"pos": [[0.0, 0.0, 0.02], [3.0, 0.0, -50.0]]}
+    rec = episode_summary({"outcomes": [_attempt(True, 1, True)], "sim_final": final}, [0])
+    assert rec["first_success"] is None and rec["successes"] == 0
+    assert rec["attempt_causes"] == ["wrong_object"] and rec["cause"] == "wrong_object"
