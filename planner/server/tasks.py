@@ -480,10 +480,11 @@ def _verify(req: TaskRequest) -> dict[str, Any]:
 def _completion(req: TaskRequest) -> dict[str, Any]:
     parsed = parse_text(_field(_USER_PROMPT, req.text, "User prompt"))
     first, now = analyse_scene(req.images[0]), analyse_scene(req.images[1])
-    if parsed.single:  # "grasp the X": done once one object fitting the description has gone
+    if parsed.single:
+        # "grasp the X": done once one object of X's colour has gone. Colour only: a pushed
+        # cylinder that falls over outlines as a block, and must not count as gone.
         limit = _colour_limit(first, parsed)
-        use_shape = bool(parsed.shapes) and any(o.shape in parsed.shapes for o in _consistent(first, parsed, False, limit))
-        before, after = _consistent(first, parsed, use_shape, limit), _consistent(now, parsed, use_shape, limit)
+        before, after = _consistent(first, parsed, False, limit), _consistent(now, parsed, False, limit)
         done = not after or len(after) < len(before)
         reasoning = (f"{len(after)} object(s) fit the description now, {len(before)} at the start: "
                      + ("the named object is gone from the table." if done else "it is still there."))
