@@ -1,6 +1,8 @@
 """``GraspEnv``: the simulated grasping task behind the controller's observation/action contract."""
 from __future__ import annotations
 
+from typing import Optional
+
 from sim import render as _render  # noqa: F401  (sets MUJOCO_GL before mujoco is imported)
 
 import mujoco  # noqa: E402
@@ -193,12 +195,15 @@ class GraspEnv:
         a = self._obj_qadr[i]
         return self.data.qpos[a:a + 3].copy(), self.data.qpos[a + 3:a + 7].copy()
 
-    def place_object(self, i: int, pos: np.ndarray) -> None:
-        """Move object ``i`` to world position ``pos`` (3,) at rest, orientation kept (scripted
-        scenes and tests, e.g. an object taken off the table)."""
+    def place_object(self, i: int, pos: np.ndarray, quat: Optional[np.ndarray] = None) -> None:
+        """Move object ``i`` to world position ``pos`` (3,) at rest, with orientation ``quat``
+        (w, x, y, z; default: kept) -- scripted scenes and tests (an object taken off the table,
+        a cylinder knocked over)."""
         self._check_index(i)
         a = self._obj_qadr[i]
         self.data.qpos[a:a + 3] = np.asarray(pos, dtype=float)
+        if quat is not None:
+            self.data.qpos[a + 3:a + 7] = np.asarray(quat, dtype=float) / np.linalg.norm(quat)
         body = self._obj_body[i]
         dof = self.model.body_dofadr[body]
         self.data.qvel[dof:dof + 6] = 0.0

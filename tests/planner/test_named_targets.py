@@ -95,3 +95,30 @@ def test_single_prompt_completes_when_the_object_is_gone():
         after = env.render_cameras()["head_bgr"]
     assert _ask("check_completion", f"User prompt: {prompt}\n", [before, before])["done"] is False
     assert _ask("check_completion", f"User prompt: {prompt}\n", [before, after])["done"] is True
+
+
+def test_single_prompt_is_not_done_when_the_object_only_fell_over():
+    """A standing cylinder knocked over (lying a few cm away) is still the named object: the
+    completion check must not report the prompt done (it outlines as a block when lying)."""
+    from sim import GraspEnv, SimConfig
+
+    with GraspEnv(SimConfig(n_objects=(4, 6))) as env:
+        for seed in range(420, 460):
+            _, info = env.reset(seed=seed, split="train")
+            target = env.scene.target
+            pos, quat = env.object_pose(target)
+            if info["objects"][target]["label"].split()[-1] == "cylinder" and abs(quat[0]) > 0.99:
+                break
+        else:
+            pytest.fail("no upright target cylinder among seeds 420-459")
+        before = env.render_cameras()["head_bgr"]
+        prompt = f"grasp {target_phrase(info['objects'], target)}"
+        half_turn = np.array([np.cos(np.pi / 4), np.sin(np.pi / 4), 0.0, 0.0])   # 90 degrees about x
+        env.place_object(target, np.array([pos[0] - 0.03, pos[1], 0.03]), half_turn)
+        for _ in range(50):                                   # let it settle on the table
+            env.step(np.asarray(info.get("home_action", env.observe()["right_state"]), dtype=np.float32))
+        lying, _ = env.object_pose(target)
+        after = env.render_cameras()["head_bgr"]
+    assert lying[2] < pos[2] - 0.005, (pos, lying)             # it lies lower than it stood
+    reply = _ask("check_completion", f"User prompt: {prompt}\n", [before, after])
+    assert reply["done"] is False, (prompt, reply)
