@@ -42,7 +42,7 @@ def test_prompt_lists_the_failed_objects():
 
 def test_failed_object_is_skipped_while_another_is_left():
     checked = 0
-    for seed in range(200, 210):
+    for seed in range(200, 207):
         image = make_scene(seed).image
         first_reply, first, scene, _ = _ask(image)
         if first is None or len(scene.objects) < 2:
@@ -59,7 +59,7 @@ def test_failed_object_is_skipped_while_another_is_left():
         _, again, _, _ = _ask(image, avoid)
         assert again.index == second.index, seed
         checked += 1
-    assert checked >= 6
+    assert checked >= 5
 
 
 def test_a_nudged_object_is_still_recognised():
