@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -52,24 +51,13 @@ def test_episode_summary_counts_cleared_objects():
 
 
 @pytest.mark.skipif(not (CKPT / "config.yaml").exists(), reason="shipped checkpoint absent")
-def test_clear_table_column_one_short_episode_per_split(tmp_path):
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import sim_success
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    import torch
-    threads = torch.get_num_threads()
+def test_clear_table_column_one_short_episode_per_split(tmp_path, sim_success):
     out = tmp_path / "table"
     splits = ["train", "unseen_objects", "unseen_backgrounds", "unseen_lighting"]
-    try:
-        assert sim_success.main(["--checkpoint", str(CKPT), "--columns", "clear_table", "--episodes", "1",
-                                 "--splits", *splits, "--lh-objects", "4", "4", "--lh-max-attempts", "1",
-                                 "--time-limit", "1.0", "--num-samples", "1", "--threads", "1",
-                                 "--out", str(out)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert sim_success.main(["--checkpoint", str(CKPT), "--columns", "clear_table", "--episodes", "1",
+                             "--splits", *splits, "--lh-objects", "4", "4", "--lh-max-attempts", "1",
+                             "--time-limit", "1.0", "--num-samples", "1", "--threads", "1",
+                             "--out", str(out)]) == 0
     report = json.loads((out / "sim_success.json").read_text())
     for split in splits:
         c = report["rows"][split]["clear_table"]

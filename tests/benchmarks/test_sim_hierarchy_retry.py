@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -69,22 +68,11 @@ def test_designated_prompt_names_the_runtime_scene_target():
 
 
 @pytest.mark.skipif(not (CKPT / "config.yaml").exists(), reason="shipped checkpoint absent")
-def test_hierarchy_retry_column_end_to_end(tmp_path):
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import sim_success
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    import torch
-    threads = torch.get_num_threads()
+def test_hierarchy_retry_column_end_to_end(tmp_path, sim_success):
     out = tmp_path / "table"
-    try:
-        assert sim_success.main(["--checkpoint", str(CKPT), "--columns", "hierarchy_retry", "--episodes", "1",
-                                 "--splits", "unseen_lighting", "--retry-attempts", "2", "--time-limit", "1.0",
-                                 "--num-samples", "1", "--threads", "1", "--out", str(out)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert sim_success.main(["--checkpoint", str(CKPT), "--columns", "hierarchy_retry", "--episodes", "1",
+                             "--splits", "unseen_lighting", "--retry-attempts", "2", "--time-limit", "1.0",
+                             "--num-samples", "1", "--threads", "1", "--out", str(out)]) == 0
     c = json.loads((out / "sim_success.json").read_text())["rows"]["unseen_lighting"]["hierarchy_retry"]
     rec = c["records"][0]
     assert rec["error"] is None and 1 <= rec["attempts"] <= 2 and rec["prompt"].startswith("grasp the ")

@@ -3,8 +3,6 @@ planner server over HTTP, GrabCut + flow tracker) and writes its JSON and Markdo
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,13 +12,7 @@ CKPT = REPO / "assets" / "controller_small_sim"
 
 
 @pytest.mark.skipif(not (CKPT / "config.yaml").exists(), reason="shipped checkpoint absent")
-def test_one_episode_per_column_writes_table(tmp_path):
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import sim_success
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+def test_one_episode_per_column_writes_table(tmp_path, sim_success):
     out = tmp_path / "table"
     import cv2
     import torch
@@ -52,18 +44,9 @@ def test_one_episode_per_column_writes_table(tmp_path):
     assert "| unseen_lighting |" in md and "Diagnostics of `hierarchy`" in md
 
 
-def _load_module():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import sim_success
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return sim_success
-
-
-def test_merge_combines_column_runs(tmp_path):
+def test_merge_combines_column_runs(tmp_path, sim_success):
     """Columns run as separate processes are combined into one table; overlaps are refused."""
-    mod = _load_module()
+    mod = sim_success
 
     def stats(k, n):
         return {"successes": k, "n": n, "rate": k / n, "wilson95": [0.1, 0.9], "s_per_attempt": 5.0,
@@ -83,10 +66,10 @@ def test_merge_combines_column_runs(tmp_path):
     assert mod.main(["--merge", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
 
 
-def test_merge_pools_disjoint_seed_ranges(tmp_path):
+def test_merge_pools_disjoint_seed_ranges(tmp_path, sim_success):
     """The same split and column run on two seed ranges become one column of the pooled episodes
     (rates and Wilson intervals recomputed from the records); a seed in both is refused."""
-    mod = _load_module()
+    mod = sim_success
 
     def stats(seeds, wins):
         recs = [{"seed": s, "success": s in wins} for s in seeds]

@@ -5,41 +5,19 @@ recorded with the instruction naming the target (success is not expected from ra
 from __future__ import annotations
 
 import json
-import os
-import sys
-from pathlib import Path
 
 import pytest
-import torch
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _module():
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import sim_success
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return sim_success
-
-
-def test_dexvla_column_one_episode_per_split(tmp_path):
+def test_dexvla_column_one_episode_per_split(tmp_path, sim_success):
     import cv2
 
     from sim.config import SPLITS
     from tests.controller.dexvla_helpers import make_tiny_dexvla_checkpoint
 
-    mod = _module()
+    mod = sim_success
     ckpt = make_tiny_dexvla_checkpoint(tmp_path)
     out = tmp_path / "table"
     cv_threads = cv2.getNumThreads()
@@ -64,16 +42,16 @@ def test_dexvla_column_one_episode_per_split(tmp_path):
     assert "dexvla success (95 % CI)" in md and "| unseen_lighting |" in md and "DexVLA checkpoint" in md
 
 
-def test_dexvla_column_needs_its_checkpoint(capsys):
-    mod = _module()
+def test_dexvla_column_needs_its_checkpoint(capsys, sim_success):
+    mod = sim_success
     with pytest.raises(SystemExit):
         mod.main(["--columns", "dexvla", "--episodes", "1"])
     assert "--dexvla-checkpoint CKPT or --dexvla-remote" in capsys.readouterr().err
 
 
-def test_merge_keeps_dexvla_beside_the_controller(tmp_path):
+def test_merge_keeps_dexvla_beside_the_controller(tmp_path, sim_success):
     """A dexvla-only run (no controller checkpoint) merges with a controller run of the same splits."""
-    mod = _module()
+    mod = sim_success
     stats = {"successes": 1, "n": 2, "rate": 0.5, "wilson95": [0.1, 0.9], "s_per_attempt": 1.0}
     for name, ck, dx, col in (("a", "ck", None, "controller"), ("b", None, "dx", "dexvla")):
         (tmp_path / name).mkdir()
@@ -88,13 +66,13 @@ def test_merge_keeps_dexvla_beside_the_controller(tmp_path):
     assert "controller success (95 % CI) | dexvla success (95 % CI)" in (tmp_path / "m" / "sim_success.md").read_text()
 
 
-def test_dexvla_column_through_a_policy_server(tmp_path):
+def test_dexvla_column_through_a_policy_server(tmp_path, sim_success):
     """--dexvla-remote: the instruction travels with each request, the reasoning comes back."""
     from controller.policy_server.dexvla import ServedDexVLAPolicy
     from controller.policy_server.server import PolicyServer
     from tests.controller.dexvla_helpers import make_tiny_dexvla_checkpoint
 
-    mod = _module()
+    mod = sim_success
     served = ServedDexVLAPolicy.from_checkpoint(make_tiny_dexvla_checkpoint(tmp_path), "cpu")
     out = tmp_path / "table"
     with PolicyServer(served, "127.0.0.1", 0).running_in_thread() as server:

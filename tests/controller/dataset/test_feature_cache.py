@@ -116,15 +116,6 @@ def test_mismatched_backbone_is_refused(store, clean_cache):
         _encoder_and_dataset(store, clean_cache + ".missing")
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models on a shared CPU: one intra-op thread avoids waiting on a busy second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_training_on_cached_features_lowers_the_loss(store, clean_cache, one_thread):
     policy, ds, _ = _encoder_and_dataset(store, clean_cache)
     policy.set_normalizer(ds.get_normalizer())
