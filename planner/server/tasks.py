@@ -25,6 +25,7 @@ from planner.server.vocab import (
     colour_distance,
     parse_text,
 )
+from planner.types import BBox
 
 TASKS = ("understand_prompt", "propose_instruction", "predict_bbox", "verify_grasp", "check_completion")
 _TASK_LINE = re.compile(r"^\s*Task:\s*([a-z_]+)\s*$", re.IGNORECASE | re.MULTILINE)
@@ -94,10 +95,17 @@ NEAR_COLOUR = 30.0
 FAR_COLOUR = 65.0
 
 
+def _colour_gap(obj: DetectedObject, parsed: ParsedText) -> float:
+    """Distance (vocab.colour_distance) from the object's colour to the nearest named colour; 0
+    when the text names none or the object carries a named colour's name."""
+    if not parsed.colours or obj.colour in parsed.colours:
+        return 0.0
+    return min(colour_distance(np.array(obj.lab), c) for c in parsed.colours)
+
+
 def _colour_limit(scene: SceneAnalysis, parsed: ParsedText) -> float:
     """:data:`NEAR_COLOUR`, or :data:`FAR_COLOUR` when no object's colour is that near."""
-    if not parsed.colours or any(min(colour_distance(np.array(o.lab), c) for c in parsed.colours) <= NEAR_COLOUR
-                                 or o.colour in parsed.colours for o in scene.objects):
+    if not parsed.colours or any(_colour_gap(o, parsed) <= NEAR_COLOUR for o in scene.objects):
         return NEAR_COLOUR
     return FAR_COLOUR
 
@@ -108,12 +116,7 @@ def _consistent(scene: SceneAnalysis, parsed: ParsedText, use_shape: Optional[bo
     (default :func:`_colour_limit`) of a named colour, and the named shape when ``use_shape``
     (default: when any of those objects has the named shape; shape naming is rough)."""
     limit = _colour_limit(scene, parsed) if limit is None else limit
-
-    def colour_ok(o: DetectedObject) -> bool:
-        return not parsed.colours or o.colour in parsed.colours or \
-            min(colour_distance(np.array(o.lab), c) for c in parsed.colours) <= limit
-
-    pool = [o for o in scene.objects if colour_ok(o)]
+    pool = [o for o in scene.objects if _colour_gap(o, parsed) <= limit]
     if use_shape is None:
         use_shape = bool(parsed.shapes) and any(o.shape in parsed.shapes for o in pool)
     return [o for o in pool if o.shape in parsed.shapes] if use_shape and parsed.shapes else pool
@@ -126,12 +129,11 @@ def _single(scene: SceneAnalysis, parsed: ParsedText) -> list[DetectedObject]:
     cands = _consistent(scene, parsed)
     if not cands:
         return []
-    def rank(o: DetectedObject) -> float:
-        exact = (not parsed.colours or o.colour in parsed.colours) + (not parsed.shapes or o.shape in parsed.shapes)
-        near = min((colour_distance(np.array(o.lab), c) for c in parsed.colours), default=0.0)
-        return exact - near / 100.0
-    best = max(rank(o) for o in cands)
-    return [_pick([o for o in cands if rank(o) >= best - 0.5], parsed, scene.width)]
+    ranks = [(not parsed.colours or o.colour in parsed.colours) + (not parsed.shapes or o.shape in parsed.shapes)
+             - (min(colour_distance(np.array(o.lab), c) for c in parsed.colours) if parsed.colours else 0.0) / 100.0
+             for o in cands]
+    best = max(ranks)
+    return [_pick([o for o, r in zip(cands, ranks) if r >= best - 0.5], parsed, scene.width)]
 
 
 def _targets(scene: SceneAnalysis, parsed: ParsedText) -> list[DetectedObject]:
@@ -218,14 +220,12 @@ def failures_of(scene: SceneAnalysis, text: str) -> dict[int, int]:
         if label.colours and len(same) == 1:
             failures[same[0].index] = failures.get(same[0].index, 0) + n
             continue
-        reach = 3.0 * max(x2 - x1, y2 - y1, 1)
+        failed = BBox(x1, y1, x2, y2)
+        reach = 3.0 * max(failed.width, failed.height, 1)
         best, best_score = None, 0.0
         for obj in same:
-            ox1, oy1, ox2, oy2 = obj.bbox
-            inter = max(0, min(ox2, x2) - max(ox1, x1)) * max(0, min(oy2, y2) - max(oy1, y1))
-            union = (ox2 - ox1) * (oy2 - oy1) + (x2 - x1) * (y2 - y1) - inter
-            iou = inter / union if union > 0 else 0.0
-            dist = float(np.hypot(obj.centroid[0] - (x1 + x2) / 2, obj.centroid[1] - (y1 + y2) / 2))
+            iou = BBox(*obj.bbox).iou(failed)
+            dist = float(np.hypot(obj.centroid[0] - failed.center[0], obj.centroid[1] - failed.center[1]))
             score = 2.0 + iou if iou > 0.2 else max(0.0, 1.0 - dist / reach)
             if label.shapes and obj.shape in label.shapes:
                 score += 0.5 if score > 0 else 0.0

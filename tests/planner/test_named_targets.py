@@ -21,20 +21,13 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from planner.server.tasks import TaskRequest, answer  # noqa: E402
 from planner.server.vocab import parse_text  # noqa: E402
 from sim.long_horizon import target_phrase  # noqa: E402
+from sim.targets import box_iou  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 SPLITS = ("train", "unseen_objects", "unseen_backgrounds", "unseen_lighting")
 SEEDS = range(400, 408)
 #: fraction of all scenes whose named target the planner boxes (IoU >= 0.5)
 MIN_HITS = 0.75
-
-
-def _iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
 
 
 def _ask(task, text, images):
@@ -73,7 +66,7 @@ def test_planner_boxes_the_named_target_in_every_split():
                 if proposal["target"] is None:
                     continue
                 box = _ask("predict_bbox", f"Grasping instruction: {proposal['instruction']}\n", [head])["bbox_2d"]
-                ok += box is not None and _iou(box, info["objects"][target]["bbox_head"]) >= 0.5
+                ok += box is not None and box_iou(box, info["objects"][target]["bbox_head"]) >= 0.5
         per_split[split] = ok
         hits += ok
     print(f"named target boxed (IoU >= 0.5) per split of {len(SEEDS)}: {per_split}")
