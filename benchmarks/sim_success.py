@@ -58,7 +58,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from controller.policy import defaults  # noqa: E402 - torch-free; after the repository is on sys.path
 
-from sim.success_report import CAUSES, COLUMNS, SPLITS, merge, render_table, write_report  # noqa: E402,F401
+from sim.success_report import (CAUSES, COLUMNS, SPLITS, hierarchy_stats, merge, render_table,  # noqa: E402,F401
+                                write_report)
 
 
 def hierarchy_episode(env, policy, planner, segmenter, tracker, seed: int, split: str, n_execute: int,
@@ -190,7 +191,7 @@ def main(argv=None) -> int:
     from planner.server.app import create_app
     from planner.server.background import serve_in_thread
     from sim import GraspEnv, SimConfig
-    from sim.evaluate import run_evaluation, wilson_interval
+    from sim.evaluate import run_evaluation
 
     from controller.policy.temporal_ensemble import parse_decay
     try:
@@ -266,19 +267,9 @@ def main(argv=None) -> int:
                                                       split, args.execute, column == "hierarchy_true_mask"))
                     except Exception as exc:  # noqa: BLE001 - a planner/perception failure is a failed attempt
                         recs.append({"seed": args.seed + i, "success": False, "error": repr(exc), "seconds": 0.0})
-            k = sum(r["success"] for r in recs)
-            row[column] = {"successes": k, "n": len(recs), "rate": k / len(recs), "temporal_ensemble": decay,
-                           "num_samples": n_samples, "threads": torch.get_num_threads(),
-                           "wilson95": list(wilson_interval(k, len(recs))),
-                           "s_per_attempt": float(np.mean([r["seconds"] for r in recs])),
-                           "mean_box_iou": float(np.mean([r.get("box_iou", 0.0) for r in recs])),
-                           "mean_mask_iou": float(np.mean([r.get("mask_iou_mean", 0.0) for r in recs])),
-                           "designated_chosen": int(sum(r.get("chosen") == r.get("designated_target")
-                                                        for r in recs)),
-                           "attempts_per_success": (len(recs) / k) if k else None,  # one attempt per scene
-                           "causes": {c: sum(r.get("cause", "timeout") == c for r in recs if not r["success"])
-                                      for c in CAUSES},
-                           "records": recs}
+            row[column] = {**hierarchy_stats(recs), "temporal_ensemble": decay, "num_samples": n_samples,
+                           "threads": torch.get_num_threads(),
+                           "s_per_attempt": float(np.mean([r["seconds"] for r in recs]))}
         for column in [c for c in args.columns if c in ("hierarchy_retry", "clear_table")]:
             row[column] = runtime_column(column, args, split, decay, n_samples)
         rows[split] = row

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 SPLITS = ["train", "unseen_objects", "unseen_backgrounds", "unseen_lighting"]
 COLUMNS = ("controller", "hierarchy", "hierarchy_true_mask", "dexvla", "hierarchy_retry", "clear_table")
 CAUSES = ("rolled_away", "wrong_object", "missed", "dropped", "refused", "timeout")  # = sim.long_horizon.CAUSES
@@ -91,16 +93,33 @@ def write_report(checkpoint: Optional[str], episodes: int, rows: dict, out_dir: 
     print(f"written: {out / 'sim_success.json'}, {out / 'sim_success.md'}")
 
 
-def _mean(values: list, weights: list) -> float:
-    total = sum(weights)
-    return sum(v * w for v, w in zip(values, weights)) / total if total else 0.0
+def success_stats(records: list[dict]) -> dict:
+    """Successes, n, rate and Wilson 95 % interval of per-episode records (``"success"`` each)."""
+    from sim.evaluate import wilson_interval  # noqa: PLC0415
+
+    k, n = sum(bool(r["success"]) for r in records), len(records)
+    return {"successes": k, "n": n, "rate": k / n if n else 0.0, "wilson95": list(wilson_interval(k, n)),
+            "records": records}
+
+
+def hierarchy_stats(records: list[dict]) -> dict:
+    """:func:`success_stats` plus the diagnostics of a ``hierarchy`` / ``hierarchy_true_mask``
+    column (one attempt per scene): mean box and mask IoU, how often the planner chose the designated
+    target, attempts per success and the failure causes (an episode that raised counts as
+    ``timeout`` with IoU 0)."""
+    stats = success_stats(records)
+    k, n = stats["successes"], stats["n"]
+    stats.update(mean_box_iou=float(np.mean([r.get("box_iou", 0.0) for r in records])),
+                 mean_mask_iou=float(np.mean([r.get("mask_iou_mean", 0.0) for r in records])),
+                 designated_chosen=int(sum(r.get("chosen") == r.get("designated_target") for r in records)),
+                 attempts_per_success=(n / k) if k else None,
+                 causes={c: sum(r.get("cause", "timeout") == c for r in records if not r["success"]) for c in CAUSES})
+    return stats
 
 
 def pool_column(column: str, parts: list[dict]) -> dict:
     """One column from runs of the same split on disjoint seeds, recomputed from their records.
     Raises ``ValueError`` when a seed appears twice or a run kept no records."""
-    from sim.evaluate import wilson_interval  # noqa: PLC0415
-
     records = [r for p in parts for r in p.get("records") or []]
     if any(not p.get("records") for p in parts):
         raise ValueError(f"column {column}: a report without per-episode records cannot be pooled")
@@ -116,21 +135,12 @@ def pool_column(column: str, parts: list[dict]) -> dict:
             raise ValueError("column hierarchy_retry: the reports allowed different numbers of attempts")
         stats = single_prompt_stats(records, parts[0]["attempts"])
     else:
-        k, n = sum(bool(r["success"]) for r in records), len(records)
-        stats = {**parts[0], "successes": k, "n": n, "rate": k / n, "wilson95": list(wilson_interval(k, n)),
-                 "records": records}
-        if column.startswith("hierarchy"):
-            ok = [r for r in records if "box_iou" in r]
-            stats.update(mean_box_iou=_mean([r["box_iou"] for r in ok], [1] * len(ok)),
-                         mean_mask_iou=_mean([r.get("mask_iou_mean", 0.0) for r in ok], [1] * len(ok)),
-                         designated_chosen=sum(r.get("chosen") == r.get("designated_target") for r in ok),
-                         attempts_per_success=(n / k) if k else None,
-                         causes={c: sum(r.get("cause", "timeout") == c for r in records if not r["success"])
-                                 for c in CAUSES})
-    weights = [p["n"] for p in parts]
-    for key in ("s_per_attempt", "temporal_ensemble", "num_samples", "threads", "objects_range"):
+        stats = {**parts[0], **(hierarchy_stats if column.startswith("hierarchy") else success_stats)(records)}
+    for key in ("temporal_ensemble", "num_samples", "threads", "objects_range"):
         if key in parts[0]:
-            stats[key] = _mean([p[key] for p in parts], weights) if key == "s_per_attempt" else parts[0][key]
+            stats[key] = parts[0][key]
+    if "s_per_attempt" in parts[0]:  # weighted by episodes
+        stats["s_per_attempt"] = sum(p["s_per_attempt"] * p["n"] for p in parts) / sum(p["n"] for p in parts)
     return stats
 
 
