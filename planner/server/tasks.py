@@ -15,12 +15,10 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
+from planner.server.held import coloured_fraction, held_object_fraction, palm_colour_fraction
 from planner.server.segmentation import DetectedObject, SceneAnalysis, analyse_scene
 from planner.server.vocab import (
-    ACHROMATIC,
     ORDINAL_NAMES,
-    PALETTE_LAB,
-    PALETTE_NAMES,
     ParsedText,
     colour_distance,
     parse_text,
@@ -316,55 +314,6 @@ def _pick(cands: list[DetectedObject], parsed: ParsedText, width: int) -> Detect
     return max(cands, key=lambda o: o.area)
 
 
-def colour_fraction(bgr: np.ndarray, colour: Optional[str], exclude_lab: Optional[np.ndarray] = None) -> float:
-    """Largest connected region (fraction of the image) whose pixels are named ``colour``.
-
-    With ``colour=None`` any clearly coloured pixel counts. Pixels close to ``exclude_lab``
-    (the table colour) are ignored.
-    """
-    small = cv2.resize(bgr[..., :3], (160, 120), interpolation=cv2.INTER_AREA)
-    lab = cv2.cvtColor(cv2.medianBlur(small, 3).astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
-    chroma = np.hypot(lab[..., 1], lab[..., 2])
-    if colour is None:
-        mask = chroma > 20
-    else:
-        d = lab[..., None, :] - PALETTE_LAB[None, None]
-        d[..., 0] *= 0.45
-        dist = np.sqrt((d ** 2).sum(-1))
-        achro = np.array([n in ACHROMATIC for n in PALETTE_NAMES])
-        dist = np.where((chroma > 18)[..., None] & achro[None, None], np.inf, dist)
-        dist = np.where((chroma < 8)[..., None] & ~achro[None, None], np.inf, dist)
-        mask = np.argmin(dist, -1) == PALETTE_NAMES.index(colour)
-    if exclude_lab is not None:
-        dt = lab - exclude_lab[None, None]
-        mask &= np.sqrt(0.16 * dt[..., 0] ** 2 + dt[..., 1] ** 2 + dt[..., 2] ** 2) > 12
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return 0.0
-    return float(stats[1:, cv2.CC_STAT_AREA].max()) / mask.size
-
-
-def held_object_fraction(wrist_bgr: np.ndarray, table_lab: Optional[np.ndarray]) -> float:
-    """Largest region between the fingers (central part of the wrist view) that is neither table-
-    coloured nor the dark hand: catches held objects whose colour name is unreliable (white,
-    grey) or that the colour palette confuses. Fraction of the whole image."""
-    if table_lab is None:
-        return 0.0
-    small = cv2.resize(wrist_bgr[..., :3], (160, 120), interpolation=cv2.INTER_AREA)
-    lab = cv2.cvtColor(cv2.medianBlur(small, 3).astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
-    dl = lab[..., 0] - table_lab[0]
-    dab = np.hypot(lab[..., 1] - table_lab[1], lab[..., 2] - table_lab[2])
-    mask = ((dl > 8) | (dab > 12)) & (lab[..., 0] > 35)      # brighter or differently coloured, not dark
-    region = np.zeros_like(mask)
-    region[: int(0.75 * mask.shape[0]), int(0.2 * mask.shape[1]): int(0.8 * mask.shape[1])] = True
-    mask &= region
-    mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if n <= 1:
-        return 0.0
-    return float(stats[1:, cv2.CC_STAT_AREA].max()) / mask.size
-
-
 def _json(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
@@ -461,7 +410,8 @@ def _verify(req: TaskRequest) -> dict[str, Any]:
     if scene.table_mask.any():
         lab = cv2.cvtColor(head[..., :3].astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
         table_lab = np.median(lab[scene.table_mask], axis=0)
-    frac = colour_fraction(wrist, colour, table_lab)
+    frac = (coloured_fraction(wrist, table_lab) if colour is None
+            else palm_colour_fraction(wrist, colour, table_lab))
     blob = held_object_fraction(wrist, table_lab)
     # small objects held between the fingers fill only ~2 % of the wrist view; white/grey objects
     # are hard to name against a light table, so a large non-table blob between the fingers counts

@@ -1,0 +1,94 @@
+"""The offline verifier on real simulator grasps: the scripted expert lifts an object, the wrist
+camera renders the hand, and the verifier must say "held"; the same object then put down on the
+table 15 cm away must give "not held" from the same hand pose.
+
+The shaded sides of dark and saturated objects (navy, dark green, magenta) are what the old
+nearest-palette rule missed; the seeds cover every split's colours. Seeds 600-611 were not used to
+choose the hue tolerance or the palm region (those came from logged benchmark runs, seeds
+100000-100049; see planner/server/held.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from planner.prompts import ImagePart, verify_grasp  # noqa: E402
+from planner.server.held import palm_colour_fraction  # noqa: E402
+from planner.server.tasks import TaskRequest, answer  # noqa: E402
+from planner.types import BBox  # noqa: E402
+from sim import GraspEnv, SimConfig  # noqa: E402
+from sim.expert import run_expert_episode  # noqa: E402
+
+pytestmark = pytest.mark.timeout(600)
+CASES = [(split, seed) for split in ("train", "unseen_objects", "unseen_lighting") for seed in range(600, 604)]
+
+
+def _verify(instruction: str, head: np.ndarray, wrist: np.ndarray, box: list[int]) -> dict:
+    prompt = verify_grasp(instruction, head, wrist, BBox(*box))
+    text = "\n".join(p for p in prompt.parts if not isinstance(p, ImagePart))
+    return json.loads(answer(TaskRequest("verify_grasp", text, [head, wrist])))
+
+
+def _held_then_put_down(env, split: str, seed: int):
+    """Returns (colour, box before the grasp, views while held, views after putting it down),
+    or None when the expert did not lift the object."""
+    env.reset(seed=seed, split=split)
+    ys, xs = np.nonzero(env.render_cameras()["head_seg"] == env.target)
+    box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+    _, rest_quat = env.object_pose(env.target)
+    result = run_expert_episode(env, seed, split, target="scene")
+    if not result["success"]:
+        return None
+    spec = env.scene.objects[env.target]
+    held = env.render_cameras()
+    others = [env.object_pose(j)[0][:2] for j in range(env.n_objects) if j != env.target]
+    spots = [np.array(spec.pos[:2]) + d for d in ([0.15, 0], [-0.15, 0], [0, 0.15], [0, -0.15])]
+    free = max(spots, key=lambda p: min((np.linalg.norm(p - o) for o in others), default=1.0))
+    away = np.array([free[0], free[1], spec.pos[2] + 0.005])  # the free spot 15 cm from where it lay
+    env.place_object(env.target, away, rest_quat)
+    env.advance(200)                                       # let it settle on the table
+    assert env.object_lift(env.target) < 0.02, "the object should lie on the table again"
+    return spec.colour_name, spec.shape, box, held, env.render_cameras()
+
+
+def test_verifier_on_lifted_and_put_down_objects():
+    """Lifted objects are seen as held and put-down ones as not held: 11 of the 12 cases here.
+    The miss (unseen lighting, seed 600) is a white object under tinted light, which the
+    colour-free blob rule sees at 2.3 % of the view, under its 2.5 % threshold."""
+    checked, wrong = 0, []
+    with GraspEnv(SimConfig(n_objects=(4, 6), render_observations=False)) as env:
+        for split, seed in CASES:
+            got = _held_then_put_down(env, split, seed)
+            if got is None:
+                continue
+            colour, shape, box, held, down = got
+            instruction = f"Grasp the {colour} {shape}."
+            yes = _verify(instruction, held["head_bgr"], held["wrist_bgr"], box)
+            no = _verify(instruction, down["head_bgr"], down["wrist_bgr"], box)
+            checked += 1
+            if not yes["success"] or no["success"]:
+                wrong.append((split, seed, colour, yes["reasoning"], no["reasoning"]))
+    assert checked >= 10, f"the expert lifted only {checked} objects"
+    assert len(wrong) <= 1, wrong
+    assert all(colour in ("white", "grey", "black") for _, _, colour, *_ in wrong), wrong
+
+
+def test_shaded_colour_at_the_palm_counts_and_a_table_object_does_not():
+    """Synthetic wrist view: a navy-shaded blue block under the palm is blue; the same block low
+    in the view (on the table) is not at the palm."""
+    img = np.full((480, 640, 3), 150, np.uint8)                 # grey table
+    img[:60] = 20                                               # dark palm at the top
+    img[40:200, 260:380] = (110, 25, 15)                        # BGR: dark, saturated blue (shaded side)
+    assert palm_colour_fraction(img, "blue") > 0.05
+    low = np.full((480, 640, 3), 150, np.uint8)
+    low[:60] = 20
+    low[300:380, 280:360] = (110, 25, 15)
+    assert palm_colour_fraction(low, "blue") == 0.0
+    assert palm_colour_fraction(img, "red") == 0.0
+    with pytest.raises(ValueError, match="unknown colour 'teal'"):
+        palm_colour_fraction(img, "teal")
