@@ -3,9 +3,10 @@ camera renders the hand, and the verifier must say "held"; the same object then 
 table 15 cm away must give "not held" from the same hand pose.
 
 The shaded sides of dark and saturated objects (navy, dark green, magenta) are what the old
-nearest-palette rule missed; the seeds cover every split's colours. Seeds 600-611 were not used to
-choose the hue tolerance or the palm region (those came from logged benchmark runs, seeds
-100000-100049; see planner/server/held.py).
+nearest-palette rule missed. The hue tolerance and the palm region came from logged benchmark
+runs (seeds 100000-100049; see planner/server/held.py); these 12 scenes (seeds 600-603 of three
+splits) then showed one more case, a yellow object put down on a yellow table, which led to
+leaving table-coloured pixels out.
 """
 from __future__ import annotations
 
