@@ -25,7 +25,7 @@ HUE_TOLERANCE_DEG = 25.0        # a shaded side keeps its hue: navy reads as blu
 MIN_CHROMA = 15.0               # below this a pixel has no reliable hue
 PALM_TOP = 0.35                 # a held object's region starts above this fraction of the height
 PALM_COLUMNS = (0.2, 0.8)       # ... and is centred between these fractions of the width
-TABLE_GAP = 12.0
+TABLE_GAP = 12.0                # weighted Lab distance beyond which a pixel is not the table
 MAX_HELD = 0.4                  # larger regions are the table: held objects filled <= 8 % of the view,
                                 # same-hue tables >= 64 % (logged runs above)
 
@@ -36,46 +36,47 @@ def _lab(bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(cv2.medianBlur(small, 3).astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
 
 
-def _named_mask(lab: np.ndarray, colour: str, exclude_lab: Optional[np.ndarray]) -> np.ndarray:
-    """(h, w) bool: pixels of ``colour``. Chromatic colours by hue angle (any shade of it; a table
-    of that hue is removed later by its size, because excluding table-like colours also removed
-    brown objects on wooden tables); white/grey/black by nearest palette entry among the achromatic
-    ones, minus table-like pixels."""
+def _far_from(lab: np.ndarray, ref_lab: np.ndarray) -> np.ndarray:
+    """(h, w) bool: pixels more than ``TABLE_GAP`` from ``ref_lab`` (lightness weighted 0.4)."""
+    dt = lab - ref_lab[None, None]
+    return np.sqrt(0.16 * dt[..., 0] ** 2 + dt[..., 1] ** 2 + dt[..., 2] ** 2) > TABLE_GAP
+
+
+def _named_mask(lab: np.ndarray, colour: str) -> np.ndarray:
+    """(h, w) bool: pixels of ``colour``. Chromatic colours by hue angle (any shade of it);
+    white/grey/black by nearest palette entry among the achromatic ones (vocab's naming rule,
+    vectorised)."""
     chroma = np.hypot(lab[..., 1], lab[..., 2])
     if colour not in ACHROMATIC:
         ref = PALETTE_LAB[PALETTE_NAMES.index(colour)]
         hue_ref = np.degrees(np.arctan2(ref[2], ref[1]))
         hue = np.degrees(np.arctan2(lab[..., 2], lab[..., 1]))
         gap = np.abs((hue - hue_ref + 180.0) % 360.0 - 180.0)
-        mask = (chroma > MIN_CHROMA) & (gap < HUE_TOLERANCE_DEG)
-    else:
-        diff = lab[..., None, :] - PALETTE_LAB[None, None]             # (h, w, P, 3)
-        diff[..., 0] *= 0.45
-        dist = np.sqrt((diff ** 2).sum(-1))
-        achro = np.array([n in ACHROMATIC for n in PALETTE_NAMES])
-        dist = np.where((chroma > 18)[..., None] & achro[None, None], np.inf, dist)
-        dist = np.where((chroma < 8)[..., None] & ~achro[None, None], np.inf, dist)
-        mask = np.argmin(dist, -1) == PALETTE_NAMES.index(colour)
-        if exclude_lab is not None:                                    # not the (white/grey) table
-            dt = lab - exclude_lab[None, None]
-            mask &= np.sqrt(0.16 * dt[..., 0] ** 2 + dt[..., 1] ** 2 + dt[..., 2] ** 2) > 12
-    return mask
+        return (chroma > MIN_CHROMA) & (gap < HUE_TOLERANCE_DEG)
+    diff = lab[..., None, :] - PALETTE_LAB[None, None]                 # (h, w, P, 3)
+    diff[..., 0] *= 0.45
+    dist = np.sqrt((diff ** 2).sum(-1))
+    achro = np.array([n in ACHROMATIC for n in PALETTE_NAMES])
+    dist = np.where((chroma > 18)[..., None] & achro[None, None], np.inf, dist)
+    dist = np.where((chroma < 8)[..., None] & ~achro[None, None], np.inf, dist)
+    return np.argmin(dist, -1) == PALETTE_NAMES.index(colour)
 
 
 def palm_colour_fraction(wrist_bgr: np.ndarray, colour: str,
                          exclude_lab: Optional[np.ndarray] = None) -> float:
     """Largest region of ``colour`` that sits at the palm (starts in the upper ``PALM_TOP`` of the
-    wrist view, centred between ``PALM_COLUMNS``, at most ``MAX_HELD`` of the view);
-    ``exclude_lab`` is the table's Lab colour."""
+    wrist view, centred between ``PALM_COLUMNS``, at most ``MAX_HELD`` of the view) and is not
+    table-coloured. The table: for white/grey/black ``exclude_lab`` (the head camera's table
+    colour); for chromatic colours the median of the wrist view's bottom rows, below any held
+    object (the head camera's colour also removed brown objects on wooden tables)."""
     if colour not in PALETTE_NAMES:
         raise ValueError(f"unknown colour {colour!r}; expected one of {PALETTE_NAMES}")
     lab = _lab(wrist_bgr)
-    mask = _named_mask(lab, colour, exclude_lab)
-    if colour not in ACHROMATIC:
-        # the table as the wrist camera sees it: the bottom rows of the view, below any held object
-        table = np.median(lab[-lab.shape[0] // 6:].reshape(-1, 3), axis=0)
-        dt = lab - table[None, None]
-        mask &= np.sqrt(0.16 * dt[..., 0] ** 2 + dt[..., 1] ** 2 + dt[..., 2] ** 2) > TABLE_GAP
+    mask = _named_mask(lab, colour)
+    table = (exclude_lab if colour in ACHROMATIC
+             else np.median(lab[-lab.shape[0] // 6:].reshape(-1, 3), axis=0))
+    if table is not None:
+        mask &= _far_from(lab, table)
     mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     height, width = mask.shape
@@ -95,8 +96,7 @@ def coloured_fraction(bgr: np.ndarray, exclude_lab: Optional[np.ndarray] = None)
     lab = _lab(bgr)
     mask = np.hypot(lab[..., 1], lab[..., 2]) > 20
     if exclude_lab is not None:
-        dt = lab - exclude_lab[None, None]
-        mask &= np.sqrt(0.16 * dt[..., 0] ** 2 + dt[..., 1] ** 2 + dt[..., 2] ** 2) > 12
+        mask &= _far_from(lab, exclude_lab)
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     return 0.0 if n <= 1 else float(stats[1:, cv2.CC_STAT_AREA].max()) / mask.size
 

@@ -395,17 +395,9 @@ def _verify(req: TaskRequest) -> dict[str, Any]:
     box_match = _PRE_BOX.search(req.text)
     still_there = False
     if box_match:
-        bx1, by1, bx2, by2 = (int(v) for v in box_match.groups())
-        for obj in scene.objects:
-            if colour is not None and obj.colour != colour:
-                continue
-            ox1, oy1, ox2, oy2 = obj.bbox
-            ix = max(0, min(ox2, bx2) - max(ox1, bx1))
-            iy = max(0, min(oy2, by2) - max(oy1, by1))
-            inter = ix * iy
-            union = (ox2 - ox1) * (oy2 - oy1) + (bx2 - bx1) * (by2 - by1) - inter
-            if union > 0 and inter / union > 0.3:
-                still_there = True
+        before = BBox(*(int(v) for v in box_match.groups()))
+        still_there = any(BBox(*obj.bbox).iou(before) > 0.3 for obj in scene.objects
+                          if colour is None or obj.colour == colour)
     table_lab = None
     if scene.table_mask.any():
         lab = cv2.cvtColor(head[..., :3].astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)

@@ -36,8 +36,8 @@ def _verify(instruction: str, head: np.ndarray, wrist: np.ndarray, box: list[int
 
 
 def _held_then_put_down(env, split: str, seed: int):
-    """Returns (colour, box before the grasp, views while held, views after putting it down),
-    or None when the expert did not lift the object."""
+    """Returns (colour, shape, box before the grasp, views while held, views after putting it
+    down), or None when the expert did not lift the object."""
     env.reset(seed=seed, split=split)
     ys, xs = np.nonzero(env.render_cameras()["head_seg"] == env.target)
     box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
