@@ -90,6 +90,15 @@ def palm_colour_fraction(wrist_bgr: np.ndarray, colour: str,
     return best / mask.size
 
 
+def head_table_lab(head_bgr: np.ndarray, table_mask: np.ndarray) -> Optional[np.ndarray]:
+    """(3,) CIE Lab median of the head image over ``table_mask`` (H, W bool), or None when the
+    table was not found: the achromatic table colour that the wrist measurements leave out."""
+    if not table_mask.any():
+        return None
+    lab = cv2.cvtColor(head_bgr[..., :3].astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
+    return np.median(lab[table_mask], axis=0)
+
+
 def coloured_fraction(bgr: np.ndarray, exclude_lab: Optional[np.ndarray] = None) -> float:
     """Largest clearly coloured region (chroma > 20) anywhere in the image, table-like pixels
     excluded: the check when the instruction names no colour."""

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from planner.server.held import coloured_fraction, held_object_fraction, palm_colour_fraction
+from planner.server.held import coloured_fraction, head_table_lab, held_object_fraction, palm_colour_fraction
 from planner.server.segmentation import DetectedObject, SceneAnalysis, analyse_scene
 from planner.server.vocab import (
     ORDINAL_NAMES,
@@ -398,10 +398,7 @@ def _verify(req: TaskRequest) -> dict[str, Any]:
         before = BBox(*(int(v) for v in box_match.groups()))
         still_there = any(BBox(*obj.bbox).iou(before) > 0.3 for obj in scene.objects
                           if colour is None or obj.colour == colour)
-    table_lab = None
-    if scene.table_mask.any():
-        lab = cv2.cvtColor(head[..., :3].astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
-        table_lab = np.median(lab[scene.table_mask], axis=0)
+    table_lab = head_table_lab(head, scene.table_mask)
     frac = (coloured_fraction(wrist, table_lab) if colour is None
             else palm_colour_fraction(wrist, colour, table_lab))
     blob = held_object_fraction(wrist, table_lab)

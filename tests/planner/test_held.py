@@ -23,7 +23,7 @@ from planner.server.held import palm_colour_fraction  # noqa: E402
 from planner.server.tasks import TaskRequest, answer  # noqa: E402
 from planner.types import BBox  # noqa: E402
 from sim import GraspEnv, SimConfig  # noqa: E402
-from sim.expert import run_expert_episode  # noqa: E402
+from tests.held_scenes import held_then_put_down  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 CASES = [(split, seed) for split in ("train", "unseen_objects", "unseen_lighting") for seed in range(600, 604)]
@@ -35,28 +35,6 @@ def _verify(instruction: str, head: np.ndarray, wrist: np.ndarray, box: list[int
     return json.loads(answer(TaskRequest("verify_grasp", text, [head, wrist])))
 
 
-def _held_then_put_down(env, split: str, seed: int):
-    """Returns (colour, shape, box before the grasp, views while held, views after putting it
-    down), or None when the expert did not lift the object."""
-    env.reset(seed=seed, split=split)
-    ys, xs = np.nonzero(env.render_cameras()["head_seg"] == env.target)
-    box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
-    _, rest_quat = env.object_pose(env.target)
-    result = run_expert_episode(env, seed, split, target="scene")
-    if not result["success"]:
-        return None
-    spec = env.scene.objects[env.target]
-    held = env.render_cameras()
-    others = [env.object_pose(j)[0][:2] for j in range(env.n_objects) if j != env.target]
-    spots = [np.array(spec.pos[:2]) + d for d in ([0.15, 0], [-0.15, 0], [0, 0.15], [0, -0.15])]
-    free = max(spots, key=lambda p: min((np.linalg.norm(p - o) for o in others), default=1.0))
-    away = np.array([free[0], free[1], spec.pos[2] + 0.005])  # the free spot 15 cm from where it lay
-    env.place_object(env.target, away, rest_quat)
-    env.advance(200)                                       # let it settle on the table
-    assert env.object_lift(env.target) < 0.02, "the object should lie on the table again"
-    return spec.colour_name, spec.shape, box, held, env.render_cameras()
-
-
 def test_verifier_on_lifted_and_put_down_objects():
     """Lifted objects are seen as held and put-down ones as not held: 11 of the 12 cases here.
     The miss (unseen lighting, seed 600) is a white object under tinted light, which the
@@ -64,16 +42,15 @@ def test_verifier_on_lifted_and_put_down_objects():
     checked, wrong = 0, []
     with GraspEnv(SimConfig(n_objects=(4, 6), render_observations=False)) as env:
         for split, seed in CASES:
-            got = _held_then_put_down(env, split, seed)
+            got = held_then_put_down(env, split, seed)
             if got is None:
                 continue
-            colour, shape, box, held, down = got
-            instruction = f"Grasp the {colour} {shape}."
-            yes = _verify(instruction, held["head_bgr"], held["wrist_bgr"], box)
-            no = _verify(instruction, down["head_bgr"], down["wrist_bgr"], box)
+            instruction = f"Grasp the {got.colour} {got.shape}."
+            yes = _verify(instruction, got.held["head_bgr"], got.held["wrist_bgr"], got.box)
+            no = _verify(instruction, got.down["head_bgr"], got.down["wrist_bgr"], got.box)
             checked += 1
             if not yes["success"] or no["success"]:
-                wrong.append((split, seed, colour, yes["reasoning"], no["reasoning"]))
+                wrong.append((split, seed, got.colour, yes["reasoning"], no["reasoning"]))
     assert checked >= 10, f"the expert lifted only {checked} objects"
     assert len(wrong) <= 1, wrong
     assert all(colour in ("white", "grey", "black") for _, _, colour, *_ in wrong), wrong
