@@ -70,36 +70,58 @@ def _palette_lab() -> tuple[list[str], np.ndarray]:
 PALETTE_NAMES, PALETTE_LAB = _palette_lab()
 _L_WEIGHT = 0.45
 
+#: How a camera shows the lit face of a matte object of colour c (sRGB in 0..1): brighter than
+#: its albedo and clipped, clip(EXPOSURE_GAIN * c + EXPOSURE_OFFSET); the clipping turns a lit
+#: orange towards yellow and a lit green towards lime. Fitted by least squares on the simulator's
+#: seven training colours (train split, seeds 0-39, the objects' lit-face reads of
+#: ``segmentation.analyse_scene``; e.g. orange (0.98, 0.50, 0.05) read (1.00, 0.66, 0.09)). Every
+#: chromatic colour gets this second reference next to its nominal one (:data:`REFERENCE_LAB`).
+EXPOSURE_GAIN = 1.18
+EXPOSURE_OFFSET = 0.063
+
+
+def _references() -> tuple[list[str], np.ndarray]:
+    names = list(PALETTE_RGB) + [n for n in PALETTE_RGB if n not in ACHROMATIC]
+    rgb = np.array([PALETTE_RGB[n] for n in PALETTE_RGB], dtype=np.float32) / 255.0
+    lit = np.clip(EXPOSURE_GAIN * rgb + EXPOSURE_OFFSET, 0.0, 1.0)
+    lit = lit[[n not in ACHROMATIC for n in PALETTE_RGB]]
+    lab = cv2.cvtColor(np.concatenate([rgb, lit])[None], cv2.COLOR_RGB2Lab)[0]
+    return names, lab
+
+
+#: Colour name of every reference (a name may repeat) and its CIE Lab: the palette as given, then
+#: the lit-face appearance of each chromatic colour. Naming and colour distances use these.
+REFERENCE_NAMES, REFERENCE_LAB = _references()
+_REFERENCE_ACHROMATIC = np.array([n in ACHROMATIC for n in REFERENCE_NAMES])
+
+
+def _reference_distances(lab: np.ndarray) -> np.ndarray:
+    """(R,) weighted Lab distance from one colour to every reference."""
+    diff = REFERENCE_LAB - np.asarray(lab, dtype=np.float32)[None, :]
+    diff[:, 0] *= _L_WEIGHT
+    return np.sqrt((diff ** 2).sum(axis=1))
+
 
 def name_colour(lab: np.ndarray) -> str:
-    """Name a Lab colour (L 0..100, a/b about -128..127) by its nearest palette entry."""
+    """Name a Lab colour (L 0..100, a/b about -128..127) by its nearest reference colour."""
     lab = np.asarray(lab, dtype=np.float32)
     chroma = float(np.hypot(lab[1], lab[2]))
-    diff = PALETTE_LAB - lab[None, :]
-    diff[:, 0] *= _L_WEIGHT
-    dist = np.sqrt((diff ** 2).sum(axis=1))
-    if chroma > 18.0:  # clearly coloured: never call it white/grey/black
-        for i, name in enumerate(PALETTE_NAMES):
-            if name in ACHROMATIC:
-                dist[i] = np.inf
-    elif chroma < 8.0:
-        for i, name in enumerate(PALETTE_NAMES):
-            if name not in ACHROMATIC:
-                dist[i] = np.inf
+    if chroma < 8.0:
         if lab[0] > 75:
             return "white"
         if lab[0] < 28:
             return "black"
         return "grey"
-    return PALETTE_NAMES[int(np.argmin(dist))]
+    dist = _reference_distances(lab)
+    if chroma > 18.0:  # clearly coloured: never call it white/grey/black
+        dist[_REFERENCE_ACHROMATIC] = np.inf
+    return REFERENCE_NAMES[int(np.argmin(dist))]
 
 
 def colour_distance(lab: np.ndarray, name: str) -> float:
-    """Weighted Lab distance from a colour to a palette colour."""
-    ref = PALETTE_LAB[PALETTE_NAMES.index(name)]
-    diff = np.asarray(lab, dtype=np.float32) - ref
-    diff[0] *= _L_WEIGHT
-    return float(np.sqrt((diff ** 2).sum()))
+    """Weighted Lab distance from a colour to the nearest reference of a palette colour."""
+    dist = _reference_distances(lab)
+    return float(min(d for d, n in zip(dist, REFERENCE_NAMES) if n == name))
 
 
 @dataclass
