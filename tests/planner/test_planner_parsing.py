@@ -49,3 +49,13 @@ def test_parse_text():
     assert p.horizontal == "left" and p.depth == "front"
     assert parse_text("clear the table").all_objects and not parse_text("clear the table").has_filter
     assert parse_text("pick up all gray balls").colours == ["grey"]
+
+
+def test_held_out_shape_words_take_the_family_their_outline_reads_as():
+    """Frustums and triangular prisms outline as blocks, hexagonal prisms and dumbbells as
+    cylinders (shapes.py); the prompt's word is looked for in that family."""
+    assert parse_text("grasp the third pink tri prism from the left").shapes == ["cube"]
+    assert parse_text("grasp the magenta frustum").shapes == ["cube"]
+    assert parse_text("grasp the grey hex prism").shapes == ["cylinder"]
+    assert parse_text("grasp the navy dumbbell").shapes == ["cylinder"]
+    assert parse_text("put the triangular prisms away").plural
