@@ -48,6 +48,7 @@ class SegmentationParams:
     min_threshold: float = 7.0
     mad_factor: float = 3.5
     arm_chroma: float = 11.0
+    robot_gap: int = 24           # px: an achromatic piece this close to the robot is part of it
     split_hue_deg: float = 50.0    # two chromatic colour clusters this far apart in hue: two objects
     split_chroma: float = 15.0     # ... each at least this chromatic
     split_chromatic: float = 20.0  # a cluster this chromatic next to one at most
@@ -425,9 +426,15 @@ def analyse_scene(bgr: np.ndarray, params: Optional[SegmentationParams] = None) 
             for piece in _split_component(lab, part, params, min_area):
                 comps.extend(_split_touching(piece, min_area, params.join_bar))
     objects: list[DetectedObject] = []
+    # a finger hanging below the hand, cut off from it by table texture (a checkerboard), is a grey
+    # piece next to the robot: achromatic pieces within robot_gap px of the robot are robot
+    near_robot = cv2.dilate(robot.astype(np.uint8), np.ones((2 * params.robot_gap + 1,) * 2, np.uint8)) > 0
     for comp in comps:
         area = int(comp.sum())
         if area < min_area:
+            continue
+        if (comp & near_robot).any() and float(np.hypot(*np.median(lab[comp], axis=0)[1:])) < params.arm_chroma:
+            robot |= comp
             continue
         ys, xs = np.nonzero(comp)
         pix = lab[comp]
