@@ -34,7 +34,6 @@ from typing import Iterator, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 LIFT_M = 0.05          # the label: target this far above its rest at the end of the attempt
-BLOB_ONLY = 0.025      # the blob rule's threshold (the shipped verifier uses the same one)
 _SAVED = re.compile(r"saved image \d+_attempt(\d+)_verify(\d+)_wrist\.png")
 _VERDICT = re.compile(r"grasp verification: success=(True|False)")
 
@@ -125,13 +124,12 @@ class Tally:
 
 
 def judge(attempt: Attempt) -> tuple[bool, bool, str]:
-    """(shipped verdict, blob-only verdict, shipped reasoning) for one attempt's images."""
+    """(shipped verdict, blob-only verdict, shipped reasoning) for one attempt's images, from one
+    measurement of them (``planner.server.tasks.grasp_evidence``, what ``verify_grasp`` answers from)."""
     import cv2  # noqa: PLC0415 - heavy imports after --help
 
     from planner.prompts import ImagePart, verify_grasp  # noqa: PLC0415
-    from planner.server.held import head_table_lab, held_object_fraction  # noqa: PLC0415
-    from planner.server.segmentation import analyse_scene  # noqa: PLC0415
-    from planner.server.tasks import TaskRequest, answer  # noqa: PLC0415
+    from planner.server.tasks import BLOB_HELD, TaskRequest, grasp_evidence  # noqa: PLC0415
     from planner.types import BBox  # noqa: PLC0415
 
     head, wrist = cv2.imread(str(attempt.head)), cv2.imread(str(attempt.wrist))
@@ -139,9 +137,8 @@ def judge(attempt: Attempt) -> tuple[bool, bool, str]:
         raise ValueError(f"{attempt.head.parent}: cannot read the verification images of attempt {attempt.index}")
     prompt = verify_grasp(attempt.instruction, head, wrist, BBox(*attempt.box))
     text = "\n".join(p for p in prompt.parts if not isinstance(p, ImagePart))
-    reply = json.loads(answer(TaskRequest("verify_grasp", text, [head, wrist])))
-    blob = held_object_fraction(wrist, head_table_lab(head, analyse_scene(head).table_mask))
-    return bool(reply["success"]), blob > BLOB_ONLY, str(reply["reasoning"])
+    evidence = grasp_evidence(TaskRequest("verify_grasp", text, [head, wrist]))
+    return evidence.success, evidence.blob_fraction > BLOB_HELD, evidence.reasoning()
 
 
 def main(argv: Optional[list[str]] = None) -> int:

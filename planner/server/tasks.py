@@ -387,7 +387,43 @@ def _bbox(req: TaskRequest) -> dict[str, Any]:
     return {"bbox_2d": box, "label": obj.label, "description": f"A {obj.label} {_where(obj, scene)}."}
 
 
-def _verify(req: TaskRequest) -> dict[str, Any]:
+#: Held: the named colour fills more than COLOUR_HELD of the wrist view at the palm, or a non-table
+#: blob between the fingers more than BLOB_HELD. Small objects held between the fingers fill only
+#: ~2 % of the view; white/grey objects are hard to name against a light table, hence the blob.
+#: Empty hand at home: <= 0.013 over 12 sim scenes.
+COLOUR_HELD = 0.01
+BLOB_HELD = 0.025
+
+
+@dataclass
+class GraspEvidence:
+    """What ``verify_grasp`` measures in the head and wrist images (fractions of the wrist view)."""
+
+    colour: Optional[str]       # the instruction's colour, None when it names none
+    still_there: bool           # an object of that colour still lies where the pre-grasp box was
+    colour_fraction: float
+    blob_fraction: float
+
+    @property
+    def held(self) -> bool:
+        return self.colour_fraction > COLOUR_HELD or self.blob_fraction > BLOB_HELD
+
+    @property
+    def success(self) -> bool:
+        return self.held and not self.still_there
+
+    def reasoning(self) -> str:
+        name = self.colour + " object" if self.colour else "target"
+        frac = max(self.colour_fraction, self.blob_fraction)
+        if self.still_there:
+            return f"The {name} is still lying at its original place on the table."
+        if self.held:
+            return f"The {name} fills {frac:.0%} of the wrist view, between the fingers, and is gone from the table."
+        return f"The wrist view shows no {name} in the hand ({frac:.1%} of the view)."
+
+
+def grasp_evidence(req: TaskRequest) -> GraspEvidence:
+    """The measurements behind a ``verify_grasp`` answer (images: head, wrist)."""
     parsed = parse_text(_field(_INSTRUCTION, req.text, "Grasping instruction"))
     head, wrist = req.images[0], req.images[1]
     scene = analyse_scene(head)
@@ -401,19 +437,12 @@ def _verify(req: TaskRequest) -> dict[str, Any]:
     table_lab = head_table_lab(head, scene.table_mask)
     frac = (coloured_fraction(wrist, table_lab) if colour is None
             else palm_colour_fraction(wrist, colour, table_lab))
-    blob = held_object_fraction(wrist, table_lab)
-    # small objects held between the fingers fill only ~2 % of the wrist view; white/grey objects
-    # are hard to name against a light table, so a large non-table blob between the fingers counts
-    held = frac > 0.01 or blob > 0.025  # empty hand at home: <= 0.013 over 12 sim scenes
-    frac = max(frac, blob)
-    name = colour + " object" if colour else "target"
-    if still_there:
-        reasoning = f"The {name} is still lying at its original place on the table."
-    elif held:
-        reasoning = f"The {name} fills {frac:.0%} of the wrist view, between the fingers, and is gone from the table."
-    else:
-        reasoning = f"The wrist view shows no {name} in the hand ({frac:.1%} of the view)."
-    return {"reasoning": reasoning, "success": bool(held and not still_there)}
+    return GraspEvidence(colour, still_there, frac, held_object_fraction(wrist, table_lab))
+
+
+def _verify(req: TaskRequest) -> dict[str, Any]:
+    evidence = grasp_evidence(req)
+    return {"reasoning": evidence.reasoning(), "success": evidence.success}
 
 
 def _completion(req: TaskRequest) -> dict[str, Any]:

@@ -98,6 +98,7 @@ def _references() -> tuple[list[str], np.ndarray]:
 #: the lit-face appearance of each chromatic colour. Naming and colour distances use these.
 REFERENCE_NAMES, REFERENCE_LAB = _references()
 _REFERENCE_ACHROMATIC = np.array([n in ACHROMATIC for n in REFERENCE_NAMES])
+_REFERENCES_OF = {n: np.array([i for i, r in enumerate(REFERENCE_NAMES) if r == n]) for n in PALETTE_RGB}
 
 
 def _reference_distances(lab: np.ndarray) -> np.ndarray:
@@ -125,8 +126,9 @@ def name_colour(lab: np.ndarray) -> str:
 
 def colour_distance(lab: np.ndarray, name: str) -> float:
     """Weighted Lab distance from a colour to the nearest reference of a palette colour."""
-    dist = _reference_distances(lab)
-    return float(min(d for d, n in zip(dist, REFERENCE_NAMES) if n == name))
+    if name not in _REFERENCES_OF:
+        raise ValueError(f"unknown colour {name!r}; expected one of {PALETTE_NAMES}")
+    return float(_reference_distances(lab)[_REFERENCES_OF[name]].min())
 
 
 @dataclass
