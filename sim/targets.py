@@ -32,7 +32,7 @@ def planner_choice(head_bgr: np.ndarray, objects: list[dict], min_iou: float = 0
     box IoU; below ``min_iou`` (nothing segmented, or a box straddling objects) the result is None.
     """
     from planner.server.segmentation import analyse_scene
-    from planner.server.tasks import choose_next
+    from planner.server.choice import choose_next
     scene = analyse_scene(head_bgr)
     chosen = choose_next(scene, list(scene.objects))
     if chosen is None:

@@ -6,7 +6,7 @@ planner call, so the box comes from
 
 * ``--mask-box x0 y0 x1 y1`` (pixels of the head image, the same box for every episode), or
 * the episode's language instruction, read by the offline planner
-  (:func:`planner.server.segmentation.analyse_scene` + :func:`planner.server.tasks.locate`, the
+  (:func:`planner.server.segmentation.analyse_scene` + :func:`planner.server.choice.locate`, the
   classical-vision planner behind ``python -m planner.server``; it understands colour and shape
   words such as ``"grasp the red box"``).
 
@@ -32,7 +32,7 @@ def box_from_language(head_bgr: np.ndarray, language: str) -> tuple[int, int, in
     Raises :class:`DatasetError` when the planner sees no object at all.
     """
     from planner.server.segmentation import analyse_scene  # noqa: PLC0415 - cv2, only for segment
-    from planner.server.tasks import locate  # noqa: PLC0415
+    from planner.server.choice import locate  # noqa: PLC0415
     from planner.server.vocab import parse_text  # noqa: PLC0415
 
     scene = analyse_scene(np.ascontiguousarray(head_bgr))

@@ -13,7 +13,8 @@ import pytest
 
 from planner.prompts import ImagePart, failed_targets_text, propose_instruction
 from planner.server.segmentation import analyse_scene
-from planner.server.tasks import TaskRequest, answer, choose_next, failures_of, locate
+from planner.server.choice import choose_next, failures_of, locate
+from planner.server.tasks import TaskRequest, answer
 from planner.server.vocab import parse_text
 from planner.synthetic import make_scene
 from planner.types import BBox, FailedTarget

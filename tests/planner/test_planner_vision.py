@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from planner.server.segmentation import analyse_scene
-from planner.server.tasks import choose_next, describe, locate
+from planner.server.choice import choose_next, describe, locate
 from planner.server.vocab import parse_text
 from planner.synthetic import make_scene
 from planner.types import BBox

@@ -16,7 +16,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from planner.server.segmentation import analyse_scene  # noqa: E402
 from planner.server.shapes import POLY_ERR_CUBE, ShapeFeatures, classify_shape  # noqa: E402
-from planner.server.tasks import TaskRequest, answer, choose_next, graspable  # noqa: E402
+from planner.server.choice import choose_next, graspable  # noqa: E402
+from planner.server.tasks import TaskRequest, answer  # noqa: E402
 from planner.server.vocab import SHAPE_OF_WORD, parse_text  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)

@@ -83,7 +83,7 @@ def test_planner_target_is_the_offline_planners_pick(env_factory):
     import numpy as np
 
     from planner.server.segmentation import analyse_scene
-    from planner.server.tasks import choose_next
+    from planner.server.choice import choose_next
     from sim.targets import box_iou, pick_target
 
     with env_factory(n_objects=(5, 6)) as env:
