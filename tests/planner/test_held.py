@@ -19,7 +19,7 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from planner.prompts import ImagePart, verify_grasp  # noqa: E402
-from planner.server.held import palm_colour_fraction  # noqa: E402
+from planner.server.held import held_object_fraction, palm_colour_fraction  # noqa: E402
 from planner.server.tasks import TaskRequest, answer  # noqa: E402
 from planner.types import BBox  # noqa: E402
 from sim import GraspEnv, SimConfig  # noqa: E402
@@ -70,3 +70,30 @@ def test_shaded_colour_at_the_palm_counts_and_a_table_object_does_not():
     assert palm_colour_fraction(img, "red") == 0.0
     with pytest.raises(ValueError, match="unknown colour 'teal'"):
         palm_colour_fraction(img, "teal")
+
+
+def test_shaded_face_of_a_white_object_between_the_fingers_counts():
+    """Synthetic wrist view with the Lab values logged for a white cylinder held over a light
+    table (train seed 100000): its faces are L 57-65, darker than the table (L 77) and barely
+    tinted, so neither "brighter" nor "differently coloured" caught them. A shaded face is now
+    counted when it is clearly darker than the table and far lighter than the black hand; the
+    hand's own grey shading (L ~30) still is not."""
+    import cv2  # noqa: PLC0415
+
+    def bgr(L: float) -> tuple[int, int, int]:
+        lab = np.array([[[L, 0.0, 0.0]]], np.float32)
+        return tuple(int(v) for v in np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2BGR)[0, 0] * 255, 0, 255))
+
+    table_lab = np.array([77.0, 0.0, 0.0])
+    img = np.zeros((480, 640, 3), np.uint8)
+    img[:] = bgr(77.0)                                          # light table
+    img[:60] = bgr(8.0)                                         # the black palm at the top
+    img[40:200, 260:380] = bgr(60.0)                            # the held object's shaded face
+    assert held_object_fraction(img, table_lab) > 0.05
+    hand = img.copy()
+    hand[40:200, 260:380] = bgr(30.0)                           # a shaded finger instead
+    assert held_object_fraction(hand, table_lab) == 0.0
+    empty = np.zeros_like(img)
+    empty[:] = bgr(77.0)
+    empty[:60] = bgr(8.0)
+    assert held_object_fraction(empty, table_lab) == 0.0
