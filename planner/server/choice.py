@@ -22,6 +22,7 @@ _AVOID = re.compile(r"^\s*-\s*avoid:\s*(.*?)\s+at box\s*\[\s*(-?\d+)\s*,\s*(-?\d
 
 
 def matches(obj: DetectedObject, parsed: ParsedText) -> bool:
+    """Whether the object carries one of the text's colour names and one of its shape words."""
     if parsed.colours and obj.colour not in parsed.colours:
         return False
     if parsed.shapes and obj.shape not in parsed.shapes:
@@ -44,12 +45,18 @@ NEAR_COLOUR = 30.0
 FAR_COLOUR = 65.0
 
 
+def nearest_colour(obj: DetectedObject, parsed: ParsedText) -> float:
+    """Distance (vocab.colour_distance) from the object's colour to the nearest colour the text
+    names (which must name one)."""
+    return min(colour_distance(np.array(obj.lab), c) for c in parsed.colours)
+
+
 def colour_gap(obj: DetectedObject, parsed: ParsedText) -> float:
     """Distance (vocab.colour_distance) from the object's colour to the nearest named colour; 0
     when the text names none or the object carries a named colour's name."""
     if not parsed.colours or obj.colour in parsed.colours:
         return 0.0
-    return min(colour_distance(np.array(obj.lab), c) for c in parsed.colours)
+    return nearest_colour(obj, parsed)
 
 
 def colour_limit(scene: SceneAnalysis, parsed: ParsedText) -> float:
@@ -79,13 +86,15 @@ def single(scene: SceneAnalysis, parsed: ParsedText) -> list[DetectedObject]:
     if not cands:
         return []
     ranks = [(not parsed.colours or o.colour in parsed.colours) + (not parsed.shapes or o.shape in parsed.shapes)
-             - (min(colour_distance(np.array(o.lab), c) for c in parsed.colours) if parsed.colours else 0.0) / 100.0
+             - (nearest_colour(o, parsed) if parsed.colours else 0.0) / 100.0
              for o in cands]
     best = max(ranks)
     return [pick([o for o, r in zip(cands, ranks) if r >= best - 0.5], parsed, scene.width)]
 
 
 def targets(scene: SceneAnalysis, parsed: ParsedText) -> list[DetectedObject]:
+    """The objects a prompt asks for: all without colour or shape words, the one it names for a
+    single-object prompt (:func:`single`), else those matching its words."""
     if not parsed.has_filter:
         return list(scene.objects)
     if parsed.single:
@@ -98,6 +107,7 @@ def targets(scene: SceneAnalysis, parsed: ParsedText) -> list[DetectedObject]:
 
 
 def where(obj: DetectedObject, scene: SceneAnalysis) -> str:
+    """The object's place in words: "on the left side of the table, near the front"."""
     side = {"left": "on the left side", "right": "on the right side", "middle": "in the middle"}
     text = side[obj.horizontal(scene.width)] + " of the table"
     depth = obj.depth(scene.height)
@@ -238,8 +248,7 @@ def locate(scene: SceneAnalysis, parsed: ParsedText) -> Optional[DetectedObject]
             if obj.colour in parsed.colours:
                 score += 3.0
             else:
-                near = min(colour_distance(np.array(obj.lab), c) for c in parsed.colours)
-                score += 1.5 * max(0.0, 1.0 - near / 60.0)
+                score += 1.5 * max(0.0, 1.0 - nearest_colour(obj, parsed) / 60.0)
         if parsed.shapes and obj.shape in parsed.shapes:
             score += 1.0
         scores.append(score)

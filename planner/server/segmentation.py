@@ -433,11 +433,11 @@ def analyse_scene(bgr: np.ndarray, params: Optional[SegmentationParams] = None) 
         area = int(comp.sum())
         if area < min_area:
             continue
-        if (comp & near_robot).any() and float(np.hypot(*np.median(lab[comp], axis=0)[1:])) < params.arm_chroma:
+        pix = lab[comp]
+        if (comp & near_robot).any() and float(np.hypot(*np.median(pix, axis=0)[1:])) < params.arm_chroma:
             robot |= comp
             continue
         ys, xs = np.nonzero(comp)
-        pix = lab[comp]
         # the lit faces name the colour best: the brightest 15 % of the object's pixels
         lit = pix[pix[:, 0] >= np.percentile(pix[:, 0], LIT_PERCENTILE)]
         med = np.median(lit, axis=0)

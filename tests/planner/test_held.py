@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 
@@ -78,8 +79,6 @@ def test_shaded_face_of_a_white_object_between_the_fingers_counts():
     tinted, so neither "brighter" nor "differently coloured" caught them. A shaded face is now
     counted when it is clearly darker than the table and far lighter than the black hand; the
     hand's own grey shading (L ~30) still is not."""
-    import cv2  # noqa: PLC0415
-
     def bgr(L: float) -> tuple[int, int, int]:
         lab = np.array([[[L, 0.0, 0.0]]], np.float32)
         return tuple(int(v) for v in np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2BGR)[0, 0] * 255, 0, 255))
@@ -93,7 +92,6 @@ def test_shaded_face_of_a_white_object_between_the_fingers_counts():
     hand = img.copy()
     hand[40:200, 260:380] = bgr(30.0)                           # a shaded finger instead
     assert held_object_fraction(hand, table_lab) == 0.0
-    empty = np.zeros_like(img)
-    empty[:] = bgr(77.0)
-    empty[:60] = bgr(8.0)
+    empty = img.copy()
+    empty[40:200, 260:380] = bgr(77.0)                          # nothing between the fingers
     assert held_object_fraction(empty, table_lab) == 0.0
